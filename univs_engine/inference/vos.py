@@ -16,7 +16,10 @@ import torch.nn.functional as F
 from ..modeling.mask_decoder import PromptQueries
 from ..modeling.position_encoding import frame_phase
 from ..modeling.prompt_encoder import mask_box, sample_mask_prompts
-from ..modeling.univs import UniVS
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..modeling.univs import UniVS
 from .memory import PromptMemory
 
 
@@ -94,7 +97,7 @@ class PromptedClipLoop:
     index to (target indices, masks [k, Hp, Wp]) given at that frame (value 1 inside the mask).
     """
 
-    def __init__(self, model: UniVS, settings: ClipSettings, num_frames: int, image_size: tuple[int, int],
+    def __init__(self, model: "UniVS", settings: ClipSettings, num_frames: int, image_size: tuple[int, int],
                  padded_size: tuple[int, int], generator: torch.Generator | None = None,
                  class_embeddings: torch.Tensor | None = None):
         self.model, self.s = model, settings
@@ -174,7 +177,9 @@ class PromptedClipLoop:
             idx, masks = annotations[f]
             j = f - st.end
             st.logits[idx, j] = masks.to(st.logits)
-            st.boxes[idx, j] = mask_box(masks > 0).to(st.boxes) / torch.tensor([Wp, Hp, Wp, Hp], device=st.boxes.device)
+            # annotation boxes follow detectron2's BitMasks convention: exclusive max corner
+            box = mask_box(masks > 0).to(st.boxes) + torch.tensor([0, 0, 1, 1], device=st.boxes.device)
+            st.boxes[idx, j] = box / torch.tensor([Wp, Hp, Wp, Hp], device=st.boxes.device)
             st.first_frames[idx] = f
 
     def _decode(self, st: TrackState, feats, i, n, s, text: TextTargets | None):
