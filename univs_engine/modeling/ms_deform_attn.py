@@ -1,0 +1,130 @@
+"""Multi-scale deformable attention (Deformable DETR), pure PyTorch.
+
+The sampling core is the free function :func:`ms_deform_attn_core` so that a fused kernel (e.g. Triton)
+can be swapped in later without touching the module or its weights: set ``module.core = fn`` on an
+instance, or ``MSDeformAttn.core = staticmethod(fn)`` for all instances (same signature as the core).
+Runs on any device that supports ``F.grid_sample`` (CPU, CUDA, MPS).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["MSDeformAttn", "ms_deform_attn_core"]
+
+SpatialShapes = Union[torch.Tensor, Sequence[Tuple[int, int]]]
+
+
+def _shape_list(spatial_shapes: SpatialShapes) -> list[tuple[int, int]]:
+    if isinstance(spatial_shapes, torch.Tensor):
+        return [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    return [(int(h), int(w)) for h, w in spatial_shapes]
+
+
+def ms_deform_attn_core(value: torch.Tensor, spatial_shapes: SpatialShapes, sampling_locations: torch.Tensor,
+                        attention_weights: torch.Tensor) -> torch.Tensor:
+    """Weighted bilinear sampling of multi-level value maps.
+
+    Args:
+        value: [B, S, heads, d] with S = sum over levels of H_l * W_l (levels concatenated row-major).
+        spatial_shapes: (H_l, W_l) per level, as an [L, 2] tensor or a list of pairs.
+        sampling_locations: [B, Q, heads, L, P, 2], (x, y) normalised to [0, 1] (0 = left/top edge of the
+            map, 1 = right/bottom edge; pixel centres at (i + 0.5) / size).
+        attention_weights: [B, Q, heads, L, P] (already softmax-normalised over L * P).
+
+    Returns:
+        [B, Q, heads * d]. Samples outside the map read zeros (bilinear, ``align_corners=False``).
+    """
+    b, _, heads, d = value.shape
+    _, q, _, n_levels, n_points, _ = sampling_locations.shape
+    shapes = _shape_list(spatial_shapes)
+    values = value.split([h * w for h, w in shapes], dim=1)
+    grids = 2.0 * sampling_locations - 1.0  # grid_sample convention: [-1, 1] spans the map's outer edges
+    sampled = []
+    for lvl, (h, w) in enumerate(shapes):
+        v = values[lvl].permute(0, 2, 3, 1).reshape(b * heads, d, h, w)
+        g = grids[:, :, :, lvl].transpose(1, 2).reshape(b * heads, q, n_points, 2)
+        sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
+    # [B*heads, d, Q, L, P] -> [B*heads, d, Q, L*P]
+    stacked = torch.stack(sampled, dim=-2).flatten(-2)
+    weights = attention_weights.transpose(1, 2).reshape(b * heads, 1, q, n_levels * n_points)
+    out = (stacked * weights.to(stacked.dtype)).sum(-1)  # [B*heads, d, Q]
+    return out.view(b, heads * d, q).transpose(1, 2).contiguous()
+
+
+class MSDeformAttn(nn.Module):
+    """Deformable attention over L feature levels, ``n_points`` samples per head and level.
+
+    State names: ``sampling_offsets``, ``attention_weights``, ``value_proj``, ``output_proj``.
+    Offset outputs are laid out (head, level, point, xy); attention logits (head, level * point).
+    """
+
+    core: Callable[..., torch.Tensor] = staticmethod(ms_deform_attn_core)
+
+    def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        self.d_model, self.n_levels, self.n_heads, self.n_points = d_model, n_levels, n_heads, n_points
+        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
+        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
+        self.value_proj = nn.Linear(d_model, d_model)
+        self.output_proj = nn.Linear(d_model, d_model)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Deformable-DETR init: zero offset weights, offset bias pointing in n_heads directions."""
+        nn.init.zeros_(self.sampling_offsets.weight)
+        angles = torch.arange(self.n_heads, dtype=torch.float32) * (2.0 * math.pi / self.n_heads)
+        direction = torch.stack([angles.cos(), angles.sin()], -1)
+        direction = direction / direction.abs().max(-1, keepdim=True).values
+        scale = torch.arange(1, self.n_points + 1, dtype=torch.float32)
+        bias = direction[:, None, None, :] * scale[None, None, :, None]  # [heads, 1, P, 2]
+        self.sampling_offsets.bias.copy_(bias.expand(self.n_heads, self.n_levels, self.n_points, 2).reshape(-1))
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        nn.init.xavier_uniform_(self.value_proj.weight)
+        nn.init.zeros_(self.value_proj.bias)
+        nn.init.xavier_uniform_(self.output_proj.weight)
+        nn.init.zeros_(self.output_proj.bias)
+
+    def forward(self, query: torch.Tensor, reference_points: torch.Tensor, input_flatten: torch.Tensor,
+                spatial_shapes: SpatialShapes, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """
+        Args:
+            query: [B, Q, C] (content + position).
+            reference_points: [B, Q, L, 2] normalised (x, y), or [B, Q, L, 4] boxes (cx, cy, w, h).
+            input_flatten: [B, S, C] values of all levels, concatenated.
+            spatial_shapes: (H_l, W_l) per level.
+            padding_mask: optional [B, S], True where the input is padding (its value is zeroed).
+        Returns:
+            [B, Q, C].
+        """
+        b, q, _ = query.shape
+        shapes = _shape_list(spatial_shapes)
+        s = input_flatten.shape[1]
+        if sum(h * w for h, w in shapes) != s:
+            raise ValueError(f"spatial_shapes {shapes} do not add up to the {s} input tokens")
+        value = self.value_proj(input_flatten)
+        if padding_mask is not None:
+            value = value.masked_fill(padding_mask[..., None], 0.0)
+        value = value.view(b, s, self.n_heads, self.d_model // self.n_heads)
+        offsets = self.sampling_offsets(query).view(b, q, self.n_heads, self.n_levels, self.n_points, 2)
+        weights = self.attention_weights(query).view(b, q, self.n_heads, self.n_levels * self.n_points)
+        weights = weights.softmax(-1).view(b, q, self.n_heads, self.n_levels, self.n_points)
+        if reference_points.shape[-1] == 2:
+            # offsets are in pixels of each level: normalise by (W_l, H_l)
+            norm = torch.tensor([[w, h] for h, w in shapes], dtype=offsets.dtype, device=offsets.device)
+            locations = reference_points[:, :, None, :, None, :] + offsets / norm[None, None, None, :, None, :]
+        elif reference_points.shape[-1] == 4:
+            locations = (reference_points[:, :, None, :, None, :2]
+                         + offsets / self.n_points * reference_points[:, :, None, :, None, 2:] * 0.5)
+        else:
+            raise ValueError(f"reference_points must end in 2 or 4 values, got {reference_points.shape[-1]}")
+        out = self.core(value, shapes, locations, weights)
+        return self.output_proj(out)
