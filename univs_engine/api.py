@@ -1,0 +1,355 @@
+"""Public API: load a model, then track prompted targets or segment categories through a video.
+
+    model = load_model("small")                       # or an official checkpoint path
+    tracks = track(model, "clip.mp4", [Prompt(obj_id=1, frame=0, box=(10, 20, 80, 120))])
+    tracks = segment(model, "clip.mp4", task="panoptic", vocabulary=["person", "car", "road"])
+
+Frames are decoded lazily and results are kept compactly (univs_engine.results.Tracks), so memory
+does not grow with video length beyond the stored masks.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import CheckpointError, load_checkpoint, read_state_dict
+from .config import UniVSConfig
+from .inference.vos import ClipSettings, PromptedClipLoop, TextTargets, mask_quality
+from .io.video import VideoSource, preprocess_frames
+from .modeling.univs import UniVS
+from .presets import TaskPreset, get_preset
+from .results import Tracks
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+SMALL_MODEL_NAMES = ("small", "univs_small")
+
+
+class Cancelled(RuntimeError):
+    """Raised when the caller's cancel() returned True; `.tracks` holds the frames finished so far."""
+
+    def __init__(self, tracks: Tracks):
+        super().__init__("cancelled by the user")
+        self.tracks = tracks
+
+
+@dataclass
+class Prompt:
+    """One target. Coordinates are pixels of the original frame; give any mix of points, box, mask,
+    scribble (a bool mask of strokes) or text. obj_id identifies the target across prompts: a second
+    prompt for the same id on a later frame corrects it from there on."""
+
+    obj_id: int
+    frame: int = 0
+    label: str = ""
+    points: Sequence[tuple[float, float]] = ()
+    point_labels: Sequence[int] = ()
+    box: tuple[float, float, float, float] | None = None
+    mask: np.ndarray | None = None
+    scribble: np.ndarray | None = None
+    text: str | None = None
+
+
+@dataclass
+class UniVSModel:
+    """A loaded network with what it needs to read text: the text encoder (optional) and cached
+    category embeddings."""
+
+    net: UniVS
+    text: object | None = None          # TextPromptEncoder
+    class_embeddings: dict[str, torch.Tensor] = field(default_factory=dict)
+    vocabulary: list[str] = field(default_factory=list)
+    name: str = ""
+
+    @property
+    def cfg(self) -> UniVSConfig:
+        return self.net.cfg
+
+    @property
+    def device(self) -> torch.device:
+        return self.net.pixel_mean.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.net.parameters()).dtype
+
+    def to(self, device=None, dtype=None) -> "UniVSModel":
+        self.net.to(device=device, dtype=dtype)
+        if self.text is not None and hasattr(self.text, "encoder"):
+            self.text.encoder.to(device=device)
+        return self
+
+
+def small_model_path() -> Path:
+    """The model trained and shipped by this project."""
+    for p in (PACKAGE_DIR / "weights" / "univs_small.safetensors",
+              PACKAGE_DIR.parent / "models" / "univs_small.safetensors"):
+        if p.is_file():
+            return p
+    raise CheckpointError("the built-in small model file univs_small.safetensors is missing from "
+                          f"{PACKAGE_DIR / 'weights'}; reinstall the package or retrain it (README: univs train)")
+
+
+def load_model(checkpoint: str | os.PathLike = "small", text_encoder: str | os.PathLike | None = None,
+               class_embeddings: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+               dtype: torch.dtype = torch.float32, use_ema: bool = False) -> UniVSModel:
+    """Load UniVS. `checkpoint` is "small" (shipped) or an official/converted checkpoint file.
+
+    Official models come as three files: the checkpoint, the CLIP RN50x4 text-encoder file (needed
+    for text prompts and typed vocabularies) and the category-embedding file (built-in vocabularies
+    without a text encoder)."""
+    from .modeling.text_encoder import TextPromptEncoder, load_category_embeddings, load_text_encoder
+
+    if str(checkpoint) in SMALL_MODEL_NAMES:
+        return _load_small(device, dtype)
+    net = load_checkpoint(checkpoint, use_ema=use_ema)
+    model = UniVSModel(net, name=Path(checkpoint).name)
+    if text_encoder is not None:
+        model.text = TextPromptEncoder(load_text_encoder(text_encoder, net.cfg.text))
+    if class_embeddings is not None:
+        model.class_embeddings["combined"] = load_category_embeddings(class_embeddings)
+    return model.to(device, dtype)
+
+
+def _load_small(device, dtype) -> UniVSModel:
+    from .modeling.text_encoder import TextEncoder, TextPromptEncoder
+    from .modeling.univs import build_univs
+
+    path = small_model_path()
+    state, meta = read_state_dict(path)
+    net = build_univs(_small_config(meta))
+    weights = {k: v for k, v in state.items() if k.startswith(("backbone.", "sem_seg_head."))}
+    net.load_state_dict(weights, strict=True)
+    text = TextEncoder(net.cfg.text)
+    text.load_state_dict({k[len("text_encoder."):]: v for k, v in state.items() if k.startswith("text_encoder.")})
+    model = UniVSModel(net, TextPromptEncoder(text.eval()), name="univs_small (built-in)")
+    if "class_embeddings" in state:
+        model.class_embeddings["builtin"] = state["class_embeddings"].float()
+        model.vocabulary = meta.get("vocabulary", "").split("|")
+    return model.to(device, dtype)
+
+
+def _small_config(meta) -> UniVSConfig:
+    from .config import get_config
+
+    return get_config(meta.get("univs_config", "small"))
+
+
+# ---------------------------------------------------------------------- video plumbing
+class FrameFeeder:
+    """Reads frames [start, stop) of a source on demand and preprocesses them like the official model
+    (resize shortest edge, normalise, pad). Indices given to frames() are positions in the run, which
+    may be reversed for backward propagation."""
+
+    def __init__(self, source: VideoSource, model: UniVSModel, preset: TaskPreset, order: Sequence[int]):
+        self.source, self.model, self.preset, self.order = source, model, preset, list(order)
+        first = self.source.frame(self.order[0])
+        x, self.image_size = self._prep(first[None])
+        self.padded_size = tuple(x.shape[-2:])
+
+    def _prep(self, frames: np.ndarray):
+        p, cfg = self.preset, self.model.cfg
+        x, size = preprocess_frames(frames, p.min_size, p.max_size, cfg.size_divisibility, p.square,
+                                    cfg.pixel_mean, cfg.pixel_std)
+        return x.to(self.model.device, self.model.dtype), size
+
+    def __call__(self, a: int, b: int) -> torch.Tensor:
+        frames = np.stack([self.source.frame(self.order[k]) for k in range(a, b)])
+        return self._prep(frames)[0]
+
+    def to_padded(self, mask: np.ndarray) -> torch.Tensor:
+        """A full-resolution mask -> [Hp, Wp] at the model's input resolution (top-left placed)."""
+        h, w = self.image_size
+        t = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
+        small = F.interpolate(t, size=(h, w), mode="nearest")[0, 0]
+        out = torch.zeros(self.padded_size)
+        out[:h, :w] = small
+        return out.to(self.model.device)
+
+    def to_original(self, logits: torch.Tensor) -> torch.Tensor:
+        """[N, Hp, Wp] logits -> [N, H, W] logits at the source resolution."""
+        h, w = self.image_size
+        x = logits[:, None, :h, :w].float()
+        return F.interpolate(x, size=(self.source.height, self.source.width), mode="bilinear",
+                             align_corners=False)[:, 0]
+
+
+def as_source(video) -> VideoSource:
+    return video if isinstance(video, VideoSource) else VideoSource(video, prefetch=0)
+
+
+# ---------------------------------------------------------------------- prompts -> masks
+def prompt_to_mask(p: Prompt, height: int, width: int) -> np.ndarray | None:
+    """Rough target region from points, a box or a scribble (the mask itself if given).
+
+    Positive points become small disks, a box its rectangle; negative points carve disks out. The
+    model then refines this region on the prompt frame (see `refine_prompt`)."""
+    if p.text is not None and p.mask is None and p.box is None and not len(p.points) and p.scribble is None:
+        return None
+    region = np.zeros((height, width), bool)
+    if p.mask is not None:
+        region |= _checked_mask(p.mask, height, width, f"mask of object {p.obj_id}")
+    if p.scribble is not None:
+        region |= _checked_mask(p.scribble, height, width, f"scribble of object {p.obj_id}")
+    if p.box is not None:
+        x0, y0, x1, y1 = _checked_box(p.box, height, width, p.obj_id)
+        region[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))] = True
+    labels = list(p.point_labels) or [1] * len(p.points)
+    if len(labels) != len(p.points):
+        raise ValueError(f"object {p.obj_id}: {len(p.points)} points but {len(labels)} point labels")
+    radius = max(2, round(0.02 * min(height, width)))
+    yy, xx = np.ogrid[:height, :width]
+    for (x, y), lab in zip(p.points, labels):
+        if not (0 <= x < width and 0 <= y < height):
+            raise ValueError(f"object {p.obj_id}: point ({x}, {y}) lies outside the {width}x{height} frame")
+        disk = (xx - x) ** 2 + (yy - y) ** 2 <= radius ** 2
+        region = region | disk if lab else region & ~disk
+    if not region.any():
+        raise ValueError(f"object {p.obj_id} on frame {p.frame}: the prompt selects no pixel "
+                         f"(give a positive point, a box, a scribble or a non-empty mask)")
+    return region
+
+
+def _checked_mask(mask, height, width, what) -> np.ndarray:
+    m = np.asarray(mask)
+    if m.ndim == 3 and m.shape[0] == 1:
+        m = m[0]
+    if m.shape != (height, width):
+        raise ValueError(f"{what} has size {m.shape[::-1] if m.ndim == 2 else m.shape} but the video frames are "
+                         f"{width}x{height}; resize the mask to the frame size")
+    if m.dtype.kind == "f" and np.isnan(m).any():
+        raise ValueError(f"{what} contains NaN")
+    return m > 0.5 if m.dtype.kind == "f" else m.astype(bool)
+
+
+def _checked_box(box, height, width, obj_id):
+    x0, y0, x1, y1 = map(float, box)
+    if not (x1 > x0 and y1 > y0):
+        raise ValueError(f"object {obj_id}: box {box} must be (x0, y0, x1, y1) with x1 > x0 and y1 > y0")
+    if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+        raise ValueError(f"object {obj_id}: box {box} lies outside the {width}x{height} frame")
+    return x0, y0, x1, y1
+
+
+@torch.no_grad()
+def refine_prompt(model: UniVSModel, feeder: FrameFeeder, position: int, region: torch.Tensor) -> torch.Tensor:
+    """Turn a rough region (box / clicks / scribble) on one frame into the model's mask for it.
+
+    The region's prompt tokens drive one decoder pass on that frame; its mask prediction, limited to
+    the box of the region grown by half its size, becomes the target's mask prompt."""
+    from .modeling.position_encoding import frame_phase
+    from .modeling.prompt_encoder import mask_box, sample_mask_prompts
+
+    net = model.net
+    mask_features, multi = net.encode_frames(feeder(position, position + 1))
+    idx = torch.tensor([position], device=mask_features.device)
+    levels = net.decoder.embed_levels(multi, idx)
+    feat, pos, _ = levels.prompt_level
+    z = frame_phase(idx, 1, net.cfg.pe_variant, net.cfg.num_frames_pe)
+    enc = sample_mask_prompts(feat[0], pos[0], region[None], feeder.preset.prompt_tokens, z[0],
+                              generator=torch.Generator().manual_seed(0))
+    t = enc.tokens[:, :, None]
+    prompts = net.decoder.visual_prompt_queries(t, enc.pe[:, :, None], enc.tokens, enc.pe)
+    out = net.decoder(levels, mask_features, prompts)
+    logits = F.interpolate(out.pred_masks[-1:], size=feeder.padded_size, mode="bilinear", align_corners=False)[0, 0]
+    x0, y0, x1, y1 = mask_box(region > 0).tolist()
+    gx, gy = (x1 - x0 + 1) // 2, (y1 - y0 + 1) // 2
+    keep = torch.zeros_like(region, dtype=torch.bool)
+    keep[max(0, y0 - gy):y1 + gy + 1, max(0, x0 - gx):x1 + gx + 1] = True
+    refined = (logits > 0) & keep
+    return refined.float() if refined.sum() >= 4 else region
+
+
+# ---------------------------------------------------------------------- prompt-guided
+def track(model: UniVSModel, video, prompts: Sequence[Prompt], direction: str = "forward", start: int = 0,
+          stop: int | None = None, progress: Callable[[int, int], None] | None = None,
+          cancel: Callable[[], bool] | None = None, preset: str = "vos", seed: int = 0) -> Tracks:
+    """Segment the prompted targets through frames [start, stop) (VOS / PVOS / RefVOS).
+
+    direction: "forward" from each target's first prompt, "backward" towards `start`, or "both"."""
+    source = as_source(video)
+    stop = source.num_frames if stop is None else stop
+    if not prompts:
+        raise ValueError("no prompt given: add at least one target (points, box, mask, scribble or text)")
+    if not (0 <= start < stop <= source.num_frames):
+        raise ValueError(f"frame range [{start}, {stop}) is outside the video's {source.num_frames} frames")
+    for p in prompts:
+        if not (start <= p.frame < stop):
+            raise ValueError(f"object {p.obj_id}: prompt frame {p.frame} is outside the frame range [{start}, {stop})")
+        if p.text is not None and not p.text.strip():
+            raise ValueError(f"object {p.obj_id}: the text expression is empty")
+    if direction not in ("forward", "backward", "both"):
+        raise ValueError(f"direction must be forward, backward or both, not {direction!r}")
+    tracks = Tracks(source.num_frames, source.height, source.width)
+    for p in prompts:
+        if p.obj_id not in tracks.object_ids:
+            tracks.add_object(p.obj_id, label=p.label or (p.text or ""))
+    settings = get_preset(preset, model.cfg.name)
+    first = min(p.frame for p in prompts)
+    last = max(p.frame for p in prompts)
+    runs = []
+    if direction in ("forward", "both"):
+        runs.append(list(range(first, stop)))
+    if direction in ("backward", "both"):
+        runs.append(list(range(last, start - 1, -1)))
+    total = sum(len(r) for r in runs)
+    done = 0
+    written: set[int] = set()
+    for order in runs:
+        backward = order[0] > order[-1]
+        for frame, logits, ids in _run_prompted(model, source, prompts, order, settings, seed, cancel, tracks):
+            if not (backward and frame in written):  # in "both", the forward pass owns shared frames
+                for k, obj in enumerate(ids):
+                    tracks.set_mask(frame, obj, (logits[k] > 0).cpu().numpy(),
+                                    confidence=float(mask_quality(logits[k:k + 1])[0]))
+                written.add(frame)
+            done += 1
+            if progress:
+                progress(done, total)
+    return tracks
+
+
+def _run_prompted(model, source, prompts, order, preset: TaskPreset, seed, cancel, tracks):
+    """One pass over `order` (frame indices). Visual and text targets run as separate clip loops."""
+    feeder = FrameFeeder(source, model, preset, order)
+    position = {f: k for k, f in enumerate(order)}
+    visual = [p for p in prompts if p.frame in position and p.text is None]
+    text = [p for p in prompts if p.frame in position and p.text is not None]
+    gen = torch.Generator().manual_seed(seed)
+    settings = ClipSettings(clip_len=min(preset.clip_len, len(order)), memory_frames=preset.memory_frames,
+                            prompt_tokens=preset.prompt_tokens, self_attn_mask=preset.self_attn_mask)
+    loops = []
+    if visual:
+        ids = sorted({p.obj_id for p in visual})
+        ann: dict[int, tuple[list[int], list[torch.Tensor]]] = {}
+        for p in sorted(visual, key=lambda p: p.frame):
+            region = feeder.to_padded(prompt_to_mask(p, source.height, source.width))
+            if p.mask is None:  # clicks, boxes, scribbles: let the model draw the mask first
+                region = refine_prompt(model, feeder, position[p.frame], region)
+            k = position[p.frame]
+            ann.setdefault(k, ([], []))
+            ann[k][0].append(ids.index(p.obj_id))
+            ann[k][1].append(region)
+        annotations = {k: (torch.tensor(i), torch.stack(m)) for k, (i, m) in ann.items()}
+        loops.append((ids, dict(annotations=annotations)))
+    if text:
+        if model.text is None:
+            raise ValueError("text prompts need the CLIP text-encoder file: pass text_encoder= to load_model "
+                             "(official: regionclip_pretrained-cc_rn50x4_only_lang_encoder.pth)")
+        ids = [p.obj_id for p in text]
+        sentence, words = model.text.encode_expressions([p.text for p in text])
+        targets = TextTargets(sentence.to(model.device, model.dtype), words.to(model.device, model.dtype))
+        text_settings = replace(settings, self_attn_mask="sep-blocked")
+        loops.append((ids, dict(text=targets, settings=text_settings)))
+    for ids, kw in loops:
+        loop = PromptedClipLoop(model.net, kw.pop("settings", settings), len(order), feeder.image_size,
+                                feeder.padded_size, generator=gen)
+        for k, logits, _ in loop.run(feeder, len(ids), **kw):
+            if cancel is not None and cancel():
+                raise Cancelled(tracks)
+            yield order[k], feeder.to_original(logits), ids
