@@ -353,3 +353,47 @@ def _run_prompted(model, source, prompts, order, preset: TaskPreset, seed, cance
             if cancel is not None and cancel():
                 raise Cancelled(tracks)
             yield order[k], feeder.to_original(logits), ids
+
+
+# ---------------------------------------------------------------------- category-guided
+def segment(model: UniVSModel, video, task: str = "instance", vocabulary: Sequence[str] | str | None = None,
+            progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
+            start: int = 0, stop: int | None = None) -> Tracks:
+    """Category-guided segmentation (VIS "instance", VSS "semantic", VPS "panoptic") of a video."""
+    from .inference import entity
+
+    if task not in ("instance", "semantic", "panoptic"):
+        raise ValueError(f"task must be instance, semantic or panoptic, not {task!r}")
+    names, embeddings, things = resolve_vocabulary(model, vocabulary)
+    source = as_source(video)
+    stop = source.num_frames if stop is None else stop
+    preset = get_preset({"instance": "vis", "semantic": "vss", "panoptic": "vps"}[task], model.cfg.name)
+    feeder = FrameFeeder(source, model, preset, range(start, stop))
+    return entity.run_category_task(model.net, task, feeder, embeddings.to(model.device, model.dtype), names,
+                                    things, preset, progress=progress, cancel=cancel, cancelled=Cancelled)
+
+
+def resolve_vocabulary(model: UniVSModel, vocabulary):
+    """-> (names, text embeddings [K, D], is-thing flags). A built-in name ("ytvis21", "vipseg", ...) or
+    a list of typed class names (needs the text encoder); None = the model's own vocabulary."""
+    from . import vocabularies
+
+    if vocabulary is None:
+        if not model.vocabulary:
+            raise ValueError("no vocabulary given: pass class names or a built-in vocabulary name")
+        return model.vocabulary, model.class_embeddings["builtin"], [True] * len(model.vocabulary)
+    if isinstance(vocabulary, str):
+        names = vocabularies.get_vocabulary(vocabulary)
+        things = [vocabularies.is_thing(vocabulary, i) for i in range(len(names))]
+        if "combined" in model.class_embeddings and model.text is None:
+            emb = vocabularies.slice_combined_embeddings(model.class_embeddings["combined"], vocabulary)
+            return names, emb, things
+    else:
+        names = [str(v).strip() for v in vocabulary if str(v).strip()]
+        if not names:
+            raise ValueError("the vocabulary is empty: give at least one class name")
+        things = [True] * len(names)
+    if model.text is None:
+        raise ValueError("typed vocabularies need the CLIP text-encoder file (load_model(text_encoder=...)); "
+                         "built-in vocabularies also work with the official category-embedding file")
+    return names, model.text.encode_categories(names), things
