@@ -137,6 +137,7 @@ class PromptedClipLoop:
             self._write_targets(state, i, n, s, annotations)
             out = self._decode(state, feats, i, n, s, text)
             self._write_predictions(state, out, i, n, text is not None)
+            self._hook("state", call=i, state=state)
             done = range(i, i + n) if is_last else range(i, i + min(s, n))
             for f in done:
                 j = f - state.end
