@@ -360,11 +360,10 @@ def segment(model: UniVSModel, video, task: str = "instance", vocabulary: Sequen
             progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
             start: int = 0, stop: int | None = None) -> Tracks:
     """Category-guided segmentation (VIS "instance", VSS "semantic", VPS "panoptic") of a video."""
-    from .inference import entity
-
     if task not in ("instance", "semantic", "panoptic"):
         raise ValueError(f"task must be instance, semantic or panoptic, not {task!r}")
     names, embeddings, things = resolve_vocabulary(model, vocabulary)
+    from .inference import entity
     source = as_source(video)
     stop = source.num_frames if stop is None else stop
     preset = get_preset({"instance": "vis", "semantic": "vss", "panoptic": "vps"}[task], model.cfg.name)
