@@ -1,0 +1,68 @@
+"""Video input, preprocessing and result writers of the UniVS engine (no ComfyUI imports)."""
+from .video import (
+    IMAGE_EXTENSIONS,
+    PIXEL_MEAN,
+    PIXEL_STD,
+    VideoSource,
+    iter_rgba_frames,
+    natural_sort_key,
+    postprocess_masks,
+    preprocess_frames,
+    resize_frames,
+    resize_shortest_edge_size,
+)
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "PIXEL_MEAN",
+    "PIXEL_STD",
+    "VideoSource",
+    "iter_rgba_frames",
+    "natural_sort_key",
+    "postprocess_masks",
+    "preprocess_frames",
+    "resize_frames",
+    "resize_shortest_edge_size",
+]
+
+from .writers import (  # noqa: E402
+    AlphaVideoWriter,
+    ColorPngWriter,
+    IdPngWriter,
+    MaskPngWriter,
+    OverlayVideoWriter,
+    YtvisJsonWriter,
+    available_encoders,
+    export_alpha_video,
+    export_color_pngs,
+    export_id_pngs,
+    export_mask_pngs,
+    export_overlay_video,
+    panoptic_id_to_rgb,
+    panoptic_rgb_to_id,
+    render_overlay,
+    render_tracks_overlay,
+    voc_palette,
+    write_ytvis_json,
+)
+
+__all__ += [
+    "AlphaVideoWriter",
+    "ColorPngWriter",
+    "IdPngWriter",
+    "MaskPngWriter",
+    "OverlayVideoWriter",
+    "YtvisJsonWriter",
+    "available_encoders",
+    "export_alpha_video",
+    "export_color_pngs",
+    "export_id_pngs",
+    "export_mask_pngs",
+    "export_overlay_video",
+    "panoptic_id_to_rgb",
+    "panoptic_rgb_to_id",
+    "render_overlay",
+    "render_tracks_overlay",
+    "voc_palette",
+    "write_ytvis_json",
+]
