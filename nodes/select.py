@@ -1,0 +1,353 @@
+"""Cheap post-processing of UNIVS_TRACKS: object selection, masks, boxes, overlays, SEGS, legend.
+
+These never run the model; they read the compact per-frame RLE masks of ``univs_engine.results.Tracks`` and
+materialise dense arrays only for the selected objects and frames. No ComfyUI imports.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import namedtuple
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "SEG",
+    "check_tracks",
+    "select_objects",
+    "frame_range",
+    "refine_mask",
+    "union_mask_tensor",
+    "object_mask_tensors",
+    "bounding_boxes_per_frame",
+    "bbox_per_frame",
+    "legend_json",
+    "overlay_frame",
+    "build_segs",
+]
+
+# Impact Pack's SEG record (same field names and order, so its nodes read ours).
+SEG = namedtuple(
+    "SEG",
+    ["cropped_image", "cropped_mask", "confidence", "crop_region", "bbox", "label", "control_net_wrapper"],
+    defaults=[None],
+)
+
+
+def check_tracks(tracks: Any, name: str = "tracks") -> Any:
+    for attr in ("num_frames", "height", "width", "object_ids", "mask", "info"):
+        if not hasattr(tracks, attr):
+            raise ValueError(f"{name}: expected UNIVS_TRACKS from PropagateMasks or PanopticVideo, got {type(tracks).__name__}")
+    return tracks
+
+
+def select_objects(tracks: Any, select: str = "", name: str = "select") -> list[int]:
+    """``select`` text -> object ids in paint order.
+
+    Empty, ``*`` or ``all`` = every object. Otherwise comma/newline-separated tokens: an integer (or ``a-b`` range)
+    is an object id; any other token matches object labels case-insensitively (``person`` picks every person).
+    A leading ``!`` excludes (``all, !person``). Unknown ids or labels raise ``ValueError`` listing what exists.
+    """
+    check_tracks(tracks)
+    ids = list(tracks.object_ids)
+    text = (select or "").strip()
+    if not text or text.lower() in ("*", "all"):
+        return ids
+    labels = {oid: (tracks.info(oid).label or "").strip().lower() for oid in ids}
+    chosen: set[int] = set()
+    excluded: set[int] = set()
+    any_positive = False
+    for raw in text.replace("\n", ",").replace(";", ",").split(","):
+        tok = raw.strip()
+        if not tok:
+            continue
+        neg = tok.startswith("!")
+        if neg:
+            tok = tok[1:].strip()
+        target = excluded if neg else chosen
+        any_positive |= not neg
+        if tok.lower() in ("*", "all"):
+            target.update(ids)
+            continue
+        rng = tok.split("-")
+        if tok.isdigit() or (len(rng) == 2 and rng[0].strip().isdigit() and rng[1].strip().isdigit()):
+            a, b = (int(tok), int(tok)) if tok.isdigit() else (int(rng[0]), int(rng[1]))
+            found = [i for i in range(a, b + 1) if i in labels]
+            if not found:
+                raise ValueError(f"{name}: no object with id {tok}; the tracks hold ids {ids}")
+            target.update(found)
+            continue
+        found = [oid for oid, lab in labels.items() if lab == tok.lower()]
+        if not found:
+            known = sorted({lab for lab in labels.values() if lab})
+            raise ValueError(f"{name}: no object labelled {tok!r}; labels in the tracks: {known}, ids: {ids}")
+        target.update(found)
+    if not any_positive:
+        chosen = set(ids)
+    return [oid for oid in ids if oid in chosen and oid not in excluded]
+
+
+def frame_range(start_frame: int, end_frame: int, num_frames: int, name: str = "start_frame") -> range:
+    """``start_frame`` .. ``end_frame`` inclusive (``end_frame = -1`` = last frame) -> ``range`` of frame indices."""
+    if num_frames <= 0:
+        raise ValueError("the video has no frames")
+    end = num_frames - 1 if end_frame is None or end_frame < 0 else int(end_frame)
+    if not 0 <= start_frame < num_frames:
+        raise ValueError(f"{name}: {start_frame} is outside the video (frames 0..{num_frames - 1})")
+    if end >= num_frames:
+        raise ValueError(f"end_frame: {end_frame} is outside the video (frames 0..{num_frames - 1}; -1 = last)")
+    if end < start_frame:
+        raise ValueError(f"end_frame: {end_frame} is before start_frame {start_frame}")
+    return range(int(start_frame), end + 1)
+
+
+def _gaussian_kernel(sigma: float) -> torch.Tensor:
+    radius = max(1, int(math.ceil(3 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-(x**2) / (2 * sigma * sigma))
+    return k / k.sum()
+
+
+def refine_mask(mask: Any, grow: int = 0, feather: float = 0.0) -> torch.Tensor:
+    """bool/float ``[H, W]`` or ``[T, H, W]`` -> float32 mask: grow (>0 dilate, <0 erode, pixels) then feather.
+
+    ``feather`` is the Gaussian blur sigma in pixels (0 = hard edge).
+    """
+    m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask).to(torch.float32)
+    squeeze = m.dim() == 2
+    if squeeze:
+        m = m.unsqueeze(0)
+    x = m.unsqueeze(1)  # [T,1,H,W]
+    if grow:
+        r = abs(int(grow))
+        k = 2 * r + 1
+        if grow > 0:
+            x = F.max_pool2d(x, k, stride=1, padding=r)
+        else:
+            x = -F.max_pool2d(-x, k, stride=1, padding=r)
+    if feather and feather > 0:
+        k = _gaussian_kernel(float(feather))
+        r = (k.numel() - 1) // 2
+        mode = "reflect" if min(x.shape[-2:]) > r else "replicate"
+        x = F.pad(x, (r, r, 0, 0), mode=mode)
+        x = F.conv2d(x, k.view(1, 1, 1, -1))
+        x = F.pad(x, (0, 0, r, r), mode=mode)
+        x = F.conv2d(x, k.view(1, 1, -1, 1))
+        x = x.clamp_(0.0, 1.0)
+    out = x[:, 0]
+    return out[0] if squeeze else out
+
+
+def union_mask_tensor(
+    tracks: Any, obj_ids: Sequence[int], frames: Iterable[int], grow: int = 0, feather: float = 0.0
+) -> torch.Tensor:
+    """MASK ``[T, H, W]`` float32: union of ``obj_ids`` on each frame of ``frames``."""
+    frames = list(frames)
+    out = torch.zeros((len(frames), tracks.height, tracks.width), dtype=torch.float32)
+    if obj_ids:
+        for k, f in enumerate(frames):
+            out[k] = torch.from_numpy(tracks.union(f, list(obj_ids)))
+    if grow or feather:
+        out = refine_mask(out, grow, feather)
+    return out
+
+
+def object_mask_tensors(
+    tracks: Any, obj_ids: Sequence[int], frames: Iterable[int], grow: int = 0, feather: float = 0.0
+) -> list[torch.Tensor]:
+    """One MASK ``[T, H, W]`` per object."""
+    frames = list(frames)
+    out = []
+    for oid in obj_ids:
+        m = torch.zeros((len(frames), tracks.height, tracks.width), dtype=torch.float32)
+        for k, f in enumerate(frames):
+            if tracks.has_mask(f, oid):
+                m[k] = torch.from_numpy(tracks.mask(f, oid))
+        out.append(refine_mask(m, grow, feather) if (grow or feather) else m)
+    return out
+
+
+def _edge_box(tracks: Any, f: int, oid: int) -> tuple[int, int, int, int] | None:
+    b = tracks.box(f, oid)
+    if b is None:
+        return None
+    x0, y0, x1, y1 = (int(v) for v in b)
+    return x0, y0, x1 + 1, y1 + 1  # Tracks.box is inclusive; edges here
+
+
+def bounding_boxes_per_frame(tracks: Any, obj_ids: Sequence[int], frames: Iterable[int]) -> list[list[dict[str, Any]]]:
+    """Core BOUNDING_BOX per frame: ``[[{x, y, width, height, score, id, label}, ...], ...]`` (one list per frame)."""
+    out = []
+    for f in frames:
+        per = []
+        for oid in obj_ids:
+            b = _edge_box(tracks, f, oid)
+            if b is None:
+                continue
+            conf = tracks.confidence(f, oid)
+            per.append(
+                {
+                    "x": b[0],
+                    "y": b[1],
+                    "width": b[2] - b[0],
+                    "height": b[3] - b[1],
+                    "score": float(conf) if conf == conf else 1.0,
+                    "id": int(oid),
+                    "label": tracks.info(oid).label,
+                }
+            )
+        out.append(per)
+    return out
+
+
+def bbox_per_frame(tracks: Any, obj_ids: Sequence[int], frames: Iterable[int]) -> list[tuple[int, int, int, int]]:
+    """Community BBOX per frame: the union box ``(x0, y0, x1, y1)`` of the selected objects (``(0,0,0,0)`` if none)."""
+    out = []
+    for f in frames:
+        boxes = [b for b in (_edge_box(tracks, f, oid) for oid in obj_ids) if b is not None]
+        if not boxes:
+            out.append((0, 0, 0, 0))
+        else:
+            a = np.array(boxes)
+            out.append((int(a[:, 0].min()), int(a[:, 1].min()), int(a[:, 2].max()), int(a[:, 3].max())))
+    return out
+
+
+def legend_json(tracks: Any, obj_ids: Sequence[int] | None = None) -> str:
+    """JSON list: ``{id, label, category, color "#rrggbb", score, isthing, first_frame, last_frame}`` per object."""
+    keep = None if obj_ids is None else set(obj_ids)
+    items = []
+    for row in tracks.legend():
+        if keep is not None and row["id"] not in keep:
+            continue
+        r = dict(row)
+        c = tuple(int(v) for v in r.get("color", (0, 0, 0)))
+        r["color"] = "#%02x%02x%02x" % c
+        r["score"] = round(float(r.get("score", 1.0)), 4)
+        items.append(r)
+    return json.dumps(items, indent=1)
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # very old Pillow
+        return ImageFont.load_default()
+
+
+def overlay_frame(
+    tracks: Any,
+    frame_idx: int,
+    obj_ids: Sequence[int],
+    background: np.ndarray | None = None,
+    opacity: float = 0.5,
+    outline: bool = True,
+    labels: bool = True,
+) -> np.ndarray:
+    """uint8 ``[H, W, 3]``: objects painted in their colours over ``background`` (black if ``None``)."""
+    H, W = tracks.height, tracks.width
+    if background is None:
+        bg = np.zeros((H, W, 3), dtype=np.uint8)
+    else:
+        bg = np.asarray(background)
+        if bg.shape[:2] != (H, W):
+            raise ValueError(f"images: frame size {bg.shape[1]}x{bg.shape[0]} differs from the tracks size {W}x{H}")
+    ids = tracks.id_map(frame_idx, list(obj_ids)) if obj_ids else np.zeros((H, W), dtype=np.int32)
+    colors = tracks.color_map(frame_idx, list(obj_ids)).astype(np.float32) if obj_ids else np.zeros((H, W, 3), np.float32)
+    fg = ids > 0
+    out = bg.astype(np.float32)
+    a = float(np.clip(opacity, 0.0, 1.0))
+    out[fg] = out[fg] * (1.0 - a) + colors[fg] * a
+    if outline and fg.any():
+        t = torch.from_numpy(ids.astype(np.float32))[None, None]
+        mx = F.max_pool2d(t, 3, stride=1, padding=1)
+        mn = -F.max_pool2d(-t, 3, stride=1, padding=1)
+        edge = ((mx != mn)[0, 0].numpy()) & fg
+        out[edge] = colors[edge]
+    img = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    if labels and fg.any():
+        from PIL import Image, ImageDraw
+
+        pil = Image.fromarray(img)
+        draw = ImageDraw.Draw(pil)
+        font = _font(max(10, min(H, W) // 40))
+        for oid in obj_ids:
+            ys, xs = np.nonzero(ids == oid)
+            if ys.size == 0:
+                continue
+            info = tracks.info(oid)
+            text = f"{oid} {info.label}".strip()
+            cx, cy = float(xs.mean()), float(ys.mean())
+            draw.text((cx, cy), text, fill=tuple(int(c) for c in info.color), font=font, anchor="mm",
+                      stroke_width=2, stroke_fill=(0, 0, 0))
+        img = np.asarray(pil)
+    return img
+
+
+def _crop_region(box: tuple[int, int, int, int], W: int, H: int, crop_factor: float, min_size: int = 0) -> list[int]:
+    x0, y0, x1, y1 = box
+    bw, bh = x1 - x0, y1 - y0
+    cw = max(bw * crop_factor, min_size, 2)
+    ch = max(bh * crop_factor, min_size, 2)
+    cx, cy = x0 + bw / 2.0, y0 + bh / 2.0
+    nx0 = int(max(0, math.floor(cx - cw / 2)))
+    ny0 = int(max(0, math.floor(cy - ch / 2)))
+    nx1 = int(min(W, math.ceil(cx + cw / 2)))
+    ny1 = int(min(H, math.ceil(cy + ch / 2)))
+    return [nx0, ny0, max(nx1, nx0 + 1), max(ny1, ny0 + 1)]
+
+
+def build_segs(
+    tracks: Any,
+    obj_ids: Sequence[int],
+    frames: Sequence[int],
+    crop_factor: float = 3.0,
+    drop_size: int = 1,
+    image_getter: Callable[[int], np.ndarray | None] | None = None,
+) -> tuple[tuple[int, int], list[SEG]]:
+    """Impact-Pack SEGS ``((H, W), [SEG, ...])`` with one SEG per object.
+
+    With one frame the SEG is the per-image kind (``cropped_mask [h, w]``); with several frames it is the
+    video/AnimateDiff kind: one crop region covering the object over all frames and ``cropped_mask [T, h, w]``.
+    ``cropped_image`` is filled (float ``[1|T, h, w, 3]``) when ``image_getter`` returns frames, else ``None``.
+    Objects whose box is smaller than ``drop_size`` in both sides are skipped.
+    """
+    H, W = tracks.height, tracks.width
+    frames = list(frames)
+    segs: list[SEG] = []
+    for oid in obj_ids:
+        boxes = [(f, _edge_box(tracks, f, oid)) for f in frames]
+        present = [(f, b) for f, b in boxes if b is not None]
+        if not present:
+            continue
+        a = np.array([b for _f, b in present])
+        bbox = [int(a[:, 0].min()), int(a[:, 1].min()), int(a[:, 2].max()), int(a[:, 3].max())]
+        if bbox[2] - bbox[0] < drop_size and bbox[3] - bbox[1] < drop_size:
+            continue
+        cr = _crop_region(tuple(bbox), W, H, crop_factor)
+        masks = np.zeros((len(frames), cr[3] - cr[1], cr[2] - cr[0]), dtype=np.float32)
+        for k, f in enumerate(frames):
+            if tracks.has_mask(f, oid):
+                masks[k] = tracks.mask(f, oid)[cr[1] : cr[3], cr[0] : cr[2]]
+        crop_img = None
+        if image_getter is not None:
+            crops = []
+            for f in frames:
+                img = image_getter(f)
+                if img is None:
+                    crops = []
+                    break
+                crops.append(np.asarray(img, dtype=np.float32)[cr[1] : cr[3], cr[0] : cr[2]] / 255.0)
+            if crops:
+                crop_img = torch.from_numpy(np.stack(crops))
+        confs = [tracks.confidence(f, oid) for f, _b in present]
+        confs = [c for c in confs if c == c]
+        conf = float(np.mean(confs)) if confs else float(tracks.info(oid).score)
+        label = tracks.info(oid).label or str(oid)
+        segs.append(SEG(crop_img, masks[0] if len(frames) == 1 else masks, conf, cr, bbox, label, None))
+    return (H, W), segs
