@@ -65,6 +65,7 @@ class UniVSModel:
     class_embeddings: dict[str, torch.Tensor] = field(default_factory=dict)
     vocabulary: list[str] = field(default_factory=list)
     name: str = ""
+    precision: torch.dtype = torch.float32  # compute dtype; weights stay fp32 (autocast)
 
     @property
     def cfg(self) -> UniVSConfig:
@@ -76,13 +77,22 @@ class UniVSModel:
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.net.parameters()).dtype
+        return self.precision
 
     def to(self, device=None, dtype=None) -> "UniVSModel":
-        self.net.to(device=device, dtype=dtype)
+        """Move to `device`; `dtype` (bf16/fp16) selects autocast precision, weights stay fp32 because
+        the pixel decoder runs in fp32 as the official model does."""
+        self.net.to(device=device)
         if self.text is not None and hasattr(self.text, "encoder"):
             self.text.encoder.to(device=device)
+        if dtype is not None:
+            self.precision = dtype
         return self
+
+    def autocast(self):
+        """The precision context for a run (a no-op in fp32)."""
+        enabled = self.precision != torch.float32
+        return torch.autocast(self.device.type, dtype=self.precision, enabled=enabled)
 
 
 def small_model_path() -> Path:
@@ -156,7 +166,7 @@ class FrameFeeder:
         p, cfg = self.preset, self.model.cfg
         x, size = preprocess_frames(frames, p.min_size, p.max_size, cfg.size_divisibility, p.square,
                                     cfg.pixel_mean, cfg.pixel_std)
-        return x.to(self.model.device, self.model.dtype), size
+        return x.to(self.model.device), size
 
     def __call__(self, a: int, b: int) -> torch.Tensor:
         frames = np.stack([self.source.frame(self.order[k]) for k in range(a, b)])
@@ -343,16 +353,17 @@ def _run_prompted(model, source, prompts, order, preset: TaskPreset, seed, cance
                              "(official: regionclip_pretrained-cc_rn50x4_only_lang_encoder.pth)")
         ids = [p.obj_id for p in text]
         sentence, words = model.text.encode_expressions([p.text for p in text])
-        targets = TextTargets(sentence.to(model.device, model.dtype), words.to(model.device, model.dtype))
+        targets = TextTargets(sentence.to(model.device), words.to(model.device))
         text_settings = replace(settings, self_attn_mask="sep-blocked")
         loops.append((ids, dict(text=targets, settings=text_settings)))
     for ids, kw in loops:
         loop = PromptedClipLoop(model.net, kw.pop("settings", settings), len(order), feeder.image_size,
                                 feeder.padded_size, generator=gen)
-        for k, logits, _ in loop.run(feeder, len(ids), **kw):
-            if cancel is not None and cancel():
-                raise Cancelled(tracks)
-            yield order[k], feeder.to_original(logits), ids
+        with model.autocast():
+            for k, logits, _ in loop.run(feeder, len(ids), **kw):
+                if cancel is not None and cancel():
+                    raise Cancelled(tracks)
+                yield order[k], feeder.to_original(logits), ids
 
 
 # ---------------------------------------------------------------------- category-guided
@@ -368,8 +379,9 @@ def segment(model: UniVSModel, video, task: str = "instance", vocabulary: Sequen
     stop = source.num_frames if stop is None else stop
     preset = get_preset({"instance": "vis", "semantic": "vss", "panoptic": "vps"}[task], model.cfg.name)
     feeder = FrameFeeder(source, model, preset, range(start, stop))
-    return entity.run_category_task(model.net, task, feeder, embeddings.to(model.device, model.dtype), names,
-                                    things, preset, progress=progress, cancel=cancel, cancelled=Cancelled)
+    with model.autocast():
+        return entity.run_category_task(model.net, task, feeder, embeddings.to(model.device), names, things,
+                                        preset, progress=progress, cancel=cancel, cancelled=Cancelled)
 
 
 def resolve_vocabulary(model: UniVSModel, vocabulary):
