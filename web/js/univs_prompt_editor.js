@@ -1,0 +1,395 @@
+// UniVS prompt editor for the "UniVS Prompt Target" node (plain ES module, no build step).
+//
+// Shows one video frame (frames come from the node's optional `image` input after a queue, or from an uploaded
+// picture), a frame scrubber, and lets the user click positive / negative points and drag boxes for several
+// objects, each in the colour the engine uses for that object id. The state is written as JSON into the node's
+// `editor` widget, so it is saved inside the workflow and sent to the backend with the prompt.
+//
+// Controls: click = positive point, right-click or shift+click = negative point, drag = box,
+// click on an existing point of the active object = remove it.
+
+const NODE_ID = "UniVS_PromptTarget";
+const STATE_WIDGET = "editor";
+const MAX_UPLOAD_SIDE = 1024;
+
+async function getApp() {
+  if (window.comfyAPI?.app?.app) return window.comfyAPI.app.app;
+  return (await import("../../../scripts/app.js")).app;
+}
+
+async function getApi() {
+  if (window.comfyAPI?.api?.api) return window.comfyAPI.api.api;
+  return (await import("../../../scripts/api.js")).api;
+}
+
+// Same colours as univs_engine.results.object_color (golden-ratio hue walk), so the editor matches the legend.
+export function objectColor(id) {
+  const h = (0.13 + id * 0.618033988749895) % 1.0;
+  const s = 0.65 + (0.3 * ((id * 7) % 4)) / 3.0;
+  const v = 0.95 - (0.2 * ((id * 3) % 3)) / 2.0;
+  const i = Math.floor(h * 6);
+  const f = h * 6 - i;
+  const p = v * (1 - s), q = v * (1 - f * s), t = v * (1 - (1 - f) * s);
+  const rgb = [[v, t, p], [q, v, p], [p, v, t], [p, q, v], [t, p, v], [v, p, q]][i % 6];
+  return `rgb(${rgb.map((c) => Math.round(c * 255)).join(",")})`;
+}
+
+function emptyState() {
+  return { version: 1, objects: [] };
+}
+
+export function parseState(text) {
+  if (!text || !String(text).trim()) return emptyState();
+  try {
+    const s = JSON.parse(text);
+    if (s && Array.isArray(s.objects)) return { version: 1, objects: s.objects };
+  } catch (e) {
+    console.warn("[UniVS] editor state is not valid JSON; starting empty", e);
+  }
+  return emptyState();
+}
+
+function el(tag, props = {}, children = []) {
+  const e = document.createElement(tag);
+  Object.assign(e, props);
+  if (props.style) Object.assign(e.style, props.style);
+  for (const c of children) e.append(c);
+  return e;
+}
+
+class PromptEditor {
+  constructor(node, api) {
+    this.node = node;
+    this.api = api;
+    this.widget = node.widgets?.find((w) => w.name === STATE_WIDGET);
+    this.state = parseState(this.widget?.value);
+    this.frames = []; // [{frame, url}]
+    this.size = null; // [W, H, T] of the original video
+    this.frameIdx = 0; // index into this.frames
+    this.image = null;
+    this.activeId = this.state.objects[0]?.id ?? 1;
+    this.drag = null;
+    this.buildDom();
+    const upload = node.properties?.univs_upload;
+    if (upload?.url) this.setFrames([{ frame: upload.frame ?? 0, url: upload.url }], upload.size);
+    this.refreshObjects();
+    this.draw();
+  }
+
+  buildDom() {
+    const bar = { display: "flex", gap: "4px", alignItems: "center", flexWrap: "wrap", fontSize: "11px" };
+    this.objectSelect = el("select", { title: "Active object (id: label)", onchange: () => {
+      this.activeId = Number(this.objectSelect.value); this.draw(); } });
+    this.labelInput = el("input", { placeholder: "label", title: "Label of the active object", size: 8,
+      onchange: () => { const o = this.obj(this.activeId, true); o.label = this.labelInput.value; this.save(); this.refreshObjects(); } });
+    const btn = (text, title, fn) => el("button", { textContent: text, title, onclick: (e) => { e.preventDefault(); fn(); } });
+    this.fileInput = el("input", { type: "file", accept: "image/*", style: { display: "none" },
+      onchange: () => this.upload(this.fileInput.files?.[0]) });
+    const tools = el("div", { style: bar }, [
+      this.objectSelect, this.labelInput,
+      btn("+ object", "Add a new object", () => this.newObject()),
+      btn("clear frame", "Remove the active object's clicks and box on this frame", () => this.clearFrame()),
+      btn("delete object", "Remove the active object everywhere", () => this.deleteObject()),
+      btn("upload frame", "Use a picture as the frame to click on (its size must be the video size)", () => this.fileInput.click()),
+      this.fileInput,
+    ]);
+    this.canvas = el("canvas", { width: 512, height: 288, style: { width: "100%", flex: "1 1 auto", minHeight: "120px",
+      background: "#222", cursor: "crosshair", borderRadius: "4px" } });
+    this.slider = el("input", { type: "range", min: 0, max: 0, value: 0, style: { flex: "1" },
+      oninput: () => this.showFrame(Number(this.slider.value)) });
+    this.frameLabel = el("span", { textContent: "no frames: queue once with `image` connected, or upload a frame" });
+    const scrub = el("div", { style: bar }, [this.slider, this.frameLabel]);
+    this.info = el("div", { style: { fontSize: "10px", opacity: 0.7 },
+      textContent: "click = positive · right/shift-click = negative · drag = box · click a point to remove it" });
+    this.root = el("div", { style: { display: "flex", flexDirection: "column", gap: "4px", width: "100%", height: "100%" } },
+      [tools, this.canvas, scrub, this.info]);
+    this.canvas.addEventListener("contextmenu", (e) => e.preventDefault());
+    this.canvas.addEventListener("pointerdown", (e) => this.onDown(e));
+    this.canvas.addEventListener("pointermove", (e) => this.onMove(e));
+    this.canvas.addEventListener("pointerup", (e) => this.onUp(e));
+    new ResizeObserver(() => this.draw()).observe(this.canvas);
+  }
+
+  // ---------------------------------------------------------------- state helpers
+  currentFrame() {
+    return this.frames[this.frameIdx]?.frame ?? 0;
+  }
+
+  obj(id, create = false) {
+    let o = this.state.objects.find((x) => x.id === id);
+    if (!o && create) {
+      o = { id, label: "", frames: {} };
+      this.state.objects.push(o);
+      this.state.objects.sort((a, b) => a.id - b.id);
+    }
+    return o;
+  }
+
+  cues(create = false) {
+    const o = this.obj(this.activeId, create);
+    if (!o) return null;
+    const k = String(this.currentFrame());
+    if (!o.frames[k] && create) o.frames[k] = { points: [], box: null };
+    return o.frames[k] || null;
+  }
+
+  newObject() {
+    const ids = this.state.objects.map((o) => o.id);
+    this.activeId = (ids.length ? Math.max(...ids) : 0) + 1;
+    this.obj(this.activeId, true);
+    this.save();
+    this.refreshObjects();
+    this.draw();
+  }
+
+  clearFrame() {
+    const o = this.obj(this.activeId);
+    if (o) delete o.frames[String(this.currentFrame())];
+    this.save();
+    this.draw();
+  }
+
+  deleteObject() {
+    this.state.objects = this.state.objects.filter((o) => o.id !== this.activeId);
+    this.activeId = this.state.objects[0]?.id ?? 1;
+    this.save();
+    this.refreshObjects();
+    this.draw();
+  }
+
+  save() {
+    // Drop frames without cues so the backend never sees empty prompts.
+    for (const o of this.state.objects) {
+      for (const [k, c] of Object.entries(o.frames)) if (!c.points?.length && !c.box) delete o.frames[k];
+    }
+    const text = this.state.objects.length ? JSON.stringify(this.state) : "";
+    if (this.widget) {
+      this.widget.value = text;
+      this.widget.callback?.(text);
+    }
+    this.node.setDirtyCanvas?.(true, true);
+  }
+
+  refreshObjects() {
+    if (!this.state.objects.some((o) => o.id === this.activeId)) this.obj(this.activeId, false);
+    const ids = new Set(this.state.objects.map((o) => o.id));
+    ids.add(this.activeId);
+    this.objectSelect.replaceChildren(...[...ids].sort((a, b) => a - b).map((id) => {
+      const o = this.obj(id);
+      const opt = el("option", { value: id, textContent: `${id}${o?.label ? ": " + o.label : ""}` });
+      opt.style.color = objectColor(id);
+      return opt;
+    }));
+    this.objectSelect.value = String(this.activeId);
+    this.labelInput.value = this.obj(this.activeId)?.label ?? "";
+  }
+
+  // ---------------------------------------------------------------- frames
+  setFrames(frames, size) {
+    this.frames = frames;
+    if (size) this.size = size;
+    this.slider.max = Math.max(0, frames.length - 1);
+    const want = this.frames.findIndex((f) => f.frame === this.currentFrame());
+    this.showFrame(want >= 0 ? want : 0);
+  }
+
+  showFrame(i) {
+    this.frameIdx = Math.max(0, Math.min(i, this.frames.length - 1));
+    this.slider.value = this.frameIdx;
+    const f = this.frames[this.frameIdx];
+    if (!f) return this.draw();
+    const total = this.size?.[2] ? ` / ${this.size[2] - 1}` : "";
+    this.frameLabel.textContent = `frame ${f.frame}${total}`;
+    const img = new Image();
+    img.onload = () => {
+      this.image = img;
+      if (!this.size) this.size = [img.naturalWidth, img.naturalHeight, 1];
+      this.draw();
+    };
+    img.src = f.url;
+  }
+
+  onExecuted(output) {
+    const frames = output?.univs_frames;
+    if (!frames?.length) return;
+    const list = frames.map((f) => ({
+      frame: f.frame,
+      url: this.api.apiURL(`/view?filename=${encodeURIComponent(f.filename)}&subfolder=${encodeURIComponent(f.subfolder)}&type=${f.type}`),
+    }));
+    this.setFrames(list, output.univs_size);
+  }
+
+  upload(file) {
+    if (!file) return;
+    const reader = new FileReader();
+    reader.onload = () => {
+      const img = new Image();
+      img.onload = () => {
+        const W = img.naturalWidth, H = img.naturalHeight;
+        const scale = Math.min(1, MAX_UPLOAD_SIDE / Math.max(W, H));
+        const c = document.createElement("canvas");
+        c.width = Math.round(W * scale);
+        c.height = Math.round(H * scale);
+        c.getContext("2d").drawImage(img, 0, 0, c.width, c.height);
+        const url = c.toDataURL("image/jpeg", 0.85);
+        const frame = this.currentFrame();
+        this.node.properties = this.node.properties || {};
+        this.node.properties.univs_upload = { url, size: [W, H, 1], frame };
+        this.size = [W, H, 1];
+        this.setFrames([{ frame, url }], [W, H, 1]);
+      };
+      img.src = reader.result;
+    };
+    reader.readAsDataURL(file);
+  }
+
+  // ---------------------------------------------------------------- geometry
+  layout() {
+    const c = this.canvas;
+    const W = this.size?.[0] || 512, H = this.size?.[1] || 288;
+    const s = Math.min(c.width / W, c.height / H);
+    return { s, ox: (c.width - W * s) / 2, oy: (c.height - H * s) / 2, W, H };
+  }
+
+  toImage(e) {
+    const r = this.canvas.getBoundingClientRect();
+    const cx = ((e.clientX - r.left) * this.canvas.width) / r.width;
+    const cy = ((e.clientY - r.top) * this.canvas.height) / r.height;
+    const { s, ox, oy, W, H } = this.layout();
+    return [Math.max(0, Math.min(W, (cx - ox) / s)), Math.max(0, Math.min(H, (cy - oy) / s))];
+  }
+
+  onDown(e) {
+    if (!this.image) return;
+    e.preventDefault();
+    this.canvas.setPointerCapture?.(e.pointerId);
+    this.drag = { start: this.toImage(e), end: null, negative: e.button === 2 || e.shiftKey };
+  }
+
+  onMove(e) {
+    if (!this.drag) return;
+    const p = this.toImage(e);
+    const { s } = this.layout();
+    const [x0, y0] = this.drag.start;
+    if (Math.hypot((p[0] - x0) * s, (p[1] - y0) * s) > 5) this.drag.end = p;
+    this.draw();
+  }
+
+  onUp(e) {
+    const d = this.drag;
+    this.drag = null;
+    if (!d) return;
+    if (d.end) {
+      const [x0, y0] = d.start, [x1, y1] = d.end;
+      const box = [Math.min(x0, x1), Math.min(y0, y1), Math.max(x0, x1), Math.max(y0, y1)].map((v) => Math.round(v));
+      if (box[2] > box[0] && box[3] > box[1]) this.cues(true).box = box;
+    } else {
+      const [x, y] = d.start.map((v) => Math.round(v));
+      const c = this.cues(true);
+      const { s } = this.layout();
+      const hit = c.points.findIndex((p) => Math.hypot((p[0] - x) * s, (p[1] - y) * s) < 7);
+      if (hit >= 0) c.points.splice(hit, 1);
+      else c.points.push([x, y, d.negative ? 0 : 1]);
+    }
+    this.save();
+    this.refreshObjects();
+    this.draw();
+  }
+
+  // ---------------------------------------------------------------- drawing
+  draw() {
+    const c = this.canvas;
+    const r = c.getBoundingClientRect();
+    if (r.width > 0 && r.height > 0) {
+      const w = Math.round(r.width), h = Math.round(r.height);
+      if (c.width !== w || c.height !== h) { c.width = w; c.height = h; }
+    }
+    const g = c.getContext("2d");
+    g.clearRect(0, 0, c.width, c.height);
+    const { s, ox, oy } = this.layout();
+    if (this.image) g.drawImage(this.image, ox, oy, this.layout().W * s, this.layout().H * s);
+    else {
+      g.fillStyle = "#888";
+      g.font = "12px sans-serif";
+      g.fillText("No frame yet: connect `image` and queue, or upload a frame.", 10, 20);
+    }
+    const k = String(this.currentFrame());
+    for (const o of this.state.objects) {
+      const cues = o.frames[k];
+      if (!cues) continue;
+      const col = objectColor(o.id);
+      const active = o.id === this.activeId;
+      g.lineWidth = active ? 2.5 : 1.5;
+      g.strokeStyle = col;
+      if (cues.box) {
+        const [x0, y0, x1, y1] = cues.box;
+        g.setLineDash(active ? [] : [4, 3]);
+        g.strokeRect(ox + x0 * s, oy + y0 * s, (x1 - x0) * s, (y1 - y0) * s);
+        g.setLineDash([]);
+        g.fillStyle = col;
+        g.font = "bold 12px sans-serif";
+        g.fillText(`${o.id}${o.label ? " " + o.label : ""}`, ox + x0 * s + 3, oy + y0 * s + 13);
+      }
+      for (const [x, y, pos] of cues.points || []) {
+        const px = ox + x * s, py = oy + y * s;
+        g.beginPath();
+        g.arc(px, py, active ? 6 : 5, 0, Math.PI * 2);
+        g.fillStyle = pos ? col : "rgba(0,0,0,0.6)";
+        g.fill();
+        g.strokeStyle = pos ? "#000" : col;
+        g.stroke();
+        if (!pos) {
+          g.beginPath();
+          g.moveTo(px - 3, py - 3); g.lineTo(px + 3, py + 3);
+          g.moveTo(px + 3, py - 3); g.lineTo(px - 3, py + 3);
+          g.stroke();
+        }
+      }
+    }
+    if (this.drag?.end) {
+      const [x0, y0] = this.drag.start, [x1, y1] = this.drag.end;
+      g.strokeStyle = objectColor(this.activeId);
+      g.setLineDash([5, 4]);
+      g.strokeRect(ox + Math.min(x0, x1) * s, oy + Math.min(y0, y1) * s, Math.abs(x1 - x0) * s, Math.abs(y1 - y0) * s);
+      g.setLineDash([]);
+    }
+  }
+}
+
+(async () => {
+  const app = await getApp();
+  const api = await getApi();
+  app.registerExtension({
+    name: "univs.PromptEditor",
+    async nodeCreated(node) {
+      if (node?.comfyClass !== NODE_ID) return;
+      const editor = new PromptEditor(node, api);
+      node.univsEditor = editor;
+      node.addDOMWidget("univs_prompt_editor", "univs_prompt_editor", editor.root, {
+        serialize: false,
+        hideOnZoom: false,
+        getMinHeight: () => 260,
+        getValue: () => undefined,
+        setValue: () => {},
+      });
+      const size = node.computeSize?.() || [400, 400];
+      node.setSize?.([Math.max(size[0], 420), Math.max(size[1], 480)]);
+      const previous = node.onExecuted;
+      node.onExecuted = function (output) {
+        previous?.apply(this, arguments);
+        editor.onExecuted(output);
+      };
+      // The state widget is filled after creation when a workflow is loaded.
+      const previousConfigure = node.onConfigure;
+      node.onConfigure = function () {
+        previousConfigure?.apply(this, arguments);
+        editor.state = parseState(editor.widget?.value);
+        editor.activeId = editor.state.objects[0]?.id ?? 1;
+        const upload = node.properties?.univs_upload;
+        if (upload?.url) editor.setFrames([{ frame: upload.frame ?? 0, url: upload.url }], upload.size);
+        editor.refreshObjects();
+        editor.draw();
+      };
+    },
+  });
+})();
