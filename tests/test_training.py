@@ -1,0 +1,136 @@
+"""Training: losses go down, the matcher matches, runs resume exactly, checkpoints are written atomically."""
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from univs_engine.config import get_config
+from univs_engine.training import train as train_mod
+from univs_engine.training.criterion import LossConfig, TrainingModel, compute_losses
+from univs_engine.training.data import sample_clip
+from univs_engine.training.losses import hungarian_match, mask_losses, reid_loss
+from univs_engine.training.train import TrainConfig, atomic_torch_save, load_training_checkpoint, train
+
+torch.set_num_threads(1)
+
+FAST_LOSS = dict(match_points=128, loss_points=128, prompt_tokens=16, templates=2)
+
+
+def _tiny_config(**kw) -> TrainConfig:
+    base = dict(iterations=2, size=64, batch_images=1, batch_clips=1, video_frames=4, max_prompts=2, warmup=1,
+                stage1_fraction=0.5, clip_len=2, log_every=1, loss=LossConfig(**FAST_LOSS))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_optimisation_steps_decrease_loss():
+    torch.manual_seed(0)
+    model = TrainingModel(get_config("small"))
+    clips = [sample_clip(s, 1, size=64, video_frames=4, max_prompts=2) for s in (3, 4)]
+    lc = LossConfig(**FAST_LOSS, text_prob=0.0)
+
+    def loss():
+        return compute_losses(model, clips, lc, random.Random(0), torch.Generator().manual_seed(0)).total
+
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    first = loss()
+    for _ in range(3):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    with torch.no_grad():
+        after = loss()
+    assert torch.isfinite(first) and after < first * 0.9, (float(first), float(after))
+
+
+def test_hungarian_matcher_hand_made_case():
+    H = W = 16
+    gt = torch.zeros(2, 1, H, W)
+    gt[0, 0, :8] = 1          # top half
+    gt[1, 0, :, :8] = 1       # left half
+    pred = torch.full((3, 1, H // 4, W // 4), -10.0)
+    pred[2, 0, :2] = 10.0     # query 2 predicts the top half
+    pred[0, 0, :, :2] = 10.0  # query 0 predicts the left half
+    # query 1 predicts nothing
+    logits = torch.full((3, 4), -5.0)
+    qi, ti = hungarian_match(pred, logits, gt, torch.tensor([1, 3]), num_points=256,
+                             generator=torch.Generator().manual_seed(0))
+    assert qi.tolist() == [0, 2] and ti.tolist() == [1, 0]
+    # the class cost decides between two identical masks
+    pred2 = torch.stack([pred[2], pred[2]])
+    logits2 = torch.full((2, 4), -5.0)
+    logits2[1, 1] = 5.0
+    qi, ti = hungarian_match(pred2, logits2, gt[:1], torch.tensor([1]), num_points=256)
+    assert qi.tolist() == [1] and ti.tolist() == [0]
+
+
+def test_mask_and_reid_losses_prefer_the_right_answer():
+    gt = torch.zeros(1, 2, 32, 32)
+    gt[0, :, 8:24, 8:24] = 1
+    good = torch.full((1, 2, 8, 8), -8.0)
+    good[0, :, 2:6, 2:6] = 8.0
+    g = torch.Generator().manual_seed(0)
+    bce_good, dice_good = mask_losses(good, gt, 256, generator=g)
+    bce_bad, dice_bad = mask_losses(-good, gt, 256, generator=g)
+    assert bce_good < bce_bad and dice_good < dice_bad
+    e = torch.randn(2, 1, 8)
+    same = torch.stack([e[0, 0], e[0, 0]])[:, None].repeat(1, 2, 1)  # two queries, same object, two frames
+    emb_good = torch.cat([same, e[1:].repeat(1, 2, 1) * -1])
+    ids = torch.tensor([0, 0, 1])
+    groups = torch.tensor([0, 1, 0])
+    emb_bad = torch.randn(3, 2, 8)
+    assert reid_loss(emb_good, ids, groups) < reid_loss(emb_bad, ids, groups)
+
+
+def _weights(path: Path) -> dict:
+    return load_training_checkpoint(path)["model"]
+
+
+def test_resume_restores_iteration_weights_and_rng(tmp_path):
+    straight = train(tmp_path / "a", config=_tiny_config(), progress=False, threads=None)
+    assert straight["iteration"] == 2 and Path(straight["export"]).is_file()
+
+    first = train(tmp_path / "b", config=_tiny_config(), progress=False, threads=None, stop_after=1)
+    assert first["iteration"] == 1 and "export" not in first
+    state = load_training_checkpoint(tmp_path / "b" / "last.pt")
+    assert state["iteration"] == 1 and state["optimizer"]["state"]
+    resumed = train(tmp_path / "b", progress=False, threads=None, export=False)  # picks up last.pt and its config
+    assert resumed["iteration"] == 2
+
+    wa, wb = _weights(tmp_path / "a" / "last.pt"), _weights(tmp_path / "b" / "last.pt")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    log = (tmp_path / "b" / "log.jsonl").read_text().splitlines()
+    assert [eval(line.replace("null", "None"))["iteration"] for line in log] == [1, 2]
+
+
+def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
+    dst = tmp_path / "ck" / "last.pt"
+    atomic_torch_save({"x": torch.ones(3)}, dst)
+    assert torch.equal(torch.load(dst)["x"], torch.ones(3))
+
+    calls = []
+    real_replace = os.replace
+
+    def spy(src, d):
+        calls.append((Path(src), Path(d)))
+        assert Path(src).parent == Path(d).parent and Path(src).stat().st_size > 0
+        return real_replace(src, d)
+
+    monkeypatch.setattr(train_mod.os, "replace", spy)
+    atomic_torch_save({"x": torch.zeros(3)}, dst)
+    assert len(calls) == 1 and calls[0][1] == dst
+
+    def broken_save(obj, fh, *a, **k):
+        fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(train_mod.torch, "save", broken_save)
+    with pytest.raises(OSError):
+        atomic_torch_save({"x": torch.full((3,), 7.0)}, dst)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(dst)["x"], torch.zeros(3))  # previous checkpoint intact
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["last.pt"]  # no temp files left

@@ -1,0 +1,97 @@
+"""Export a trained model to the shipped single-file layout (`models/univs_small.safetensors`).
+
+Layout (see models/MODEL_CARD.md):
+* `backbone.*`, `sem_seg_head.*`: the UniVS network in the official key layout, fp32. The training-time
+  BatchNorm layers are exported as FrozenBN (weight, bias, running_mean, running_var), and `reid_temp` is
+  set to `cls_temp` (the loaders read the logit scale from `reid_temp`, as the official checkpoints share it).
+* `text_encoder.*`: the CLIP text tower (`TextEncoder(cfg.text)` keys), fp16 (its 49408-row token table
+  dominates the file).
+* `class_embeddings`: [13, 128] fp32, category embeddings of `univs_engine.data.synthetic.CLASSES` (the
+  synthetic vocabulary: 8 things then 5 stuff), the mean EOT feature over the 81 templates.
+* metadata: univs_config="small", class_names (JSON list), text_encoder_dtype, plus training info.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import atomic_save_safetensors
+from ..modeling.image_encoder import freeze_batch_norm
+from .criterion import TrainingModel
+
+TEXT_PREFIX = "text_encoder."
+CLASS_EMBEDDINGS_KEY = "class_embeddings"
+
+
+@torch.no_grad()
+def export_tensors(model: TrainingModel, text_dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """The shipped tensors of a training model (does not modify it)."""
+    was_training = model.training
+    model.eval()
+    try:
+        univs = copy.deepcopy(model.univs).cpu().float()
+        univs.backbone = freeze_batch_norm(univs.backbone)
+        sd = {k: v.detach().clone() for k, v in univs.state_dict().items() if not k.endswith("num_batches_tracked")}
+        key = "sem_seg_head.predictor."
+        sd[key + "reid_temp.weight"] = sd[key + "cls_temp.weight"].clone()
+        for k, v in model.text.state_dict().items():
+            sd[TEXT_PREFIX + k] = v.detach().to("cpu", text_dtype).clone()
+        sd[CLASS_EMBEDDINGS_KEY] = model.category_embeddings(None).detach().float().cpu()
+    finally:
+        model.train(was_training)
+    return sd
+
+
+def export_model(model: TrainingModel, dst: str | os.PathLike, extra_metadata: dict[str, str] | None = None,
+                 text_dtype: torch.dtype = torch.float16) -> Path:
+    dst = Path(dst)
+    tensors = export_tensors(model, text_dtype)
+    meta = {
+        "univs_config": model.cfg.name,
+        "class_names": json.dumps(model.class_names),
+        "text_encoder_prefix": TEXT_PREFIX,
+        "text_encoder_dtype": str(text_dtype).replace("torch.", ""),
+        "format": "univs-small-v1",
+    }
+    meta.update({k: str(v) for k, v in (extra_metadata or {}).items()})
+    atomic_save_safetensors(tensors, dst, meta)
+    return dst
+
+
+def export_checkpoint(ckpt: str | os.PathLike, dst: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> Path:
+    """Export from a training checkpoint (`last.pt`)."""
+    from .train import TrainConfig, build_training_model, load_training_checkpoint
+
+    state = load_training_checkpoint(ckpt)
+    tc = TrainConfig.from_dict(state["train_config"])
+    model = build_training_model(tc)
+    model.load_state_dict(state["model"])
+    meta = {"iterations": str(state["iteration"]), "train_wall_time_s": f"{state.get('wall_time', 0):.0f}"}
+    meta.update(extra_metadata or {})
+    return export_model(model, dst, meta)
+
+
+def load_shipped(path: str | os.PathLike):
+    """(UniVS model in eval mode, TextEncoder in eval mode, class_embeddings [K, D], class names) from an
+    exported file."""
+    from safetensors import safe_open
+
+    from ..checkpoint import load_checkpoint
+    from ..config import get_config
+    from ..modeling.text_encoder import TextEncoder
+
+    path = Path(path)
+    model = load_checkpoint(path)
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+        keys = list(f.keys())
+        text_sd = {k[len(TEXT_PREFIX):]: f.get_tensor(k).float() for k in keys if k.startswith(TEXT_PREFIX)}
+        emb = f.get_tensor(CLASS_EMBEDDINGS_KEY).float()
+    text = TextEncoder(get_config(meta.get("univs_config", "small")).text)
+    text.load_state_dict(text_sd, strict=True)
+    text.eval().requires_grad_(False)
+    return model, text, emb, json.loads(meta.get("class_names", "[]"))

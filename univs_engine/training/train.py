@@ -1,0 +1,269 @@
+"""Train the small UniVS model on the synthetic video world (CPU friendly).
+
+Stage 1 is image-level (clips of one frame), stage 2 clip-level (clips of `clip_len` frames), as the
+paper's first two stages. Clips are generated on the fly from training-split seeds that are a function
+of (seed, iteration), and every random decision draws from generators saved in the checkpoint, so an
+interrupted run resumed from its checkpoint continues where it stopped.
+
+    python -m univs_engine.training.train --out /tmp/univs_train --iterations 6000
+    univs train --out /tmp/univs_train --iterations 6000     (same arguments through the CLI)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..config import get_config
+from ..data.synthetic import SPLIT_SIZE
+from .criterion import LossConfig, TrainingModel, compute_losses
+from .data import sample_clip
+
+CHECKPOINT_NAME = "last.pt"
+
+
+@dataclass
+class TrainConfig:
+    config: str = "small"
+    iterations: int = 6000
+    seed: int = 0
+    size: int = 128                 # square training frames
+    clip_len: int = 3               # stage 2 clip length
+    stage1_fraction: float = 0.35   # first part of the run is image-level (T = 1)
+    batch_images: int = 8           # stage 1: clips of one frame per iteration
+    batch_clips: int = 4            # stage 2: clips per iteration
+    video_frames: int = 8           # frames of each generated video (the clip is cut from it)
+    max_prompts: int = 4            # prompt targets per clip
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    warmup: int = 200
+    min_lr_ratio: float = 0.05      # cosine decay to lr * min_lr_ratio
+    grad_clip: float = 1.0
+    norm: str = "BN"                # backbone normalisation while training (exported as FrozenBN)
+    checkpoint_minutes: float = 3.0
+    checkpoint_every: int = 0       # also every N iterations when > 0
+    log_every: int = 10
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        loss = LossConfig(**d.pop("loss", {}))
+        known = {f.name for f in fields(cls)}
+        return cls(loss=loss, **{k: v for k, v in d.items() if k in known})
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then os.replace: a reader never sees a
+    partially written checkpoint, and a crash leaves the previous one intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on norms, biases, embeddings, queries and temperatures."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim < 2 or any(k in name for k in ("embed", "query_feat", "temp", "prompt_", "positional"))
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_factor(it: int, tc: TrainConfig) -> float:
+    if it < tc.warmup:
+        return 0.1 + 0.9 * it / max(tc.warmup, 1)
+    p = (it - tc.warmup) / max(tc.iterations - tc.warmup, 1)
+    return tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
+
+
+def clip_seed(tc: TrainConfig, it: int, b: int) -> int:
+    """Training-split video seed of clip b of iteration it (never a val/test seed)."""
+    return (tc.seed * 7_919_993 + it * 64 + b) % SPLIT_SIZE
+
+
+def _rng_state(py: random.Random, gen: torch.Generator) -> dict:
+    return {"python": py.getstate(), "torch": torch.get_rng_state(), "generator": gen.get_state()}
+
+
+def _set_rng_state(state: dict, py: random.Random, gen: torch.Generator) -> None:
+    py.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["generator"])
+
+
+def save_checkpoint(path, model, optimizer, iteration, tc: TrainConfig, py, gen, history, wall) -> None:
+    atomic_torch_save({
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration,
+        "train_config": asdict(tc), "rng": _rng_state(py, gen), "history": history, "wall_time": wall,
+    }, path)
+
+
+def load_training_checkpoint(path: str | os.PathLike) -> dict:
+    # our own file: optimizer state and RNG tuples need full unpickling
+    return torch.load(str(path), map_location="cpu", weights_only=False)
+
+
+# ------------------------------------------------------------------------------------------ training
+def build_training_model(tc: TrainConfig) -> TrainingModel:
+    torch.manual_seed(tc.seed)
+    return TrainingModel(get_config(tc.config), norm=tc.norm)
+
+
+def train(out_dir: str | os.PathLike, iterations: int | None = None, resume: bool = True, seed: int | None = None,
+          config: TrainConfig | None = None, progress: bool = True, threads: int | None = 2,
+          export: str | os.PathLike | None | bool = None, stop_after: int | None = None, **overrides) -> dict:
+    """Train (or resume) a run in `out_dir`; returns a summary dict.
+
+    `iterations`/`seed` override the TrainConfig; further keyword arguments override its fields. With
+    resume=True an existing `out_dir/last.pt` is continued (its saved TrainConfig wins, except
+    `iterations`). `stop_after` ends this call after that many iterations (a checkpoint is written), as an
+    interruption would. When the run is complete the weights are exported to `export` (default
+    out_dir/univs_small.safetensors; export=False skips it).
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / CHECKPOINT_NAME
+    tc = config or TrainConfig()
+    state = None
+    if resume and ckpt_path.is_file():
+        state = load_training_checkpoint(ckpt_path)
+        tc = TrainConfig.from_dict(state["train_config"])
+    if iterations is not None:
+        tc.iterations = int(iterations)
+    if seed is not None and state is None:
+        tc.seed = int(seed)
+    for k, v in overrides.items():
+        if state is None or k in ("checkpoint_minutes", "checkpoint_every", "log_every"):
+            setattr(tc, k, v)
+
+    model = build_training_model(tc)
+    optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=(0.9, 0.999))
+    py = random.Random(tc.seed)
+    gen = torch.Generator().manual_seed(tc.seed)
+    start, history, wall = 0, [], 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"], py, gen)
+        start, history, wall = int(state["iteration"]), list(state["history"]), float(state.get("wall_time", 0.0))
+    model.train()
+    (out / "train_config.json").write_text(json.dumps(asdict(tc), indent=1))
+
+    stage1_end = int(tc.stage1_fraction * tc.iterations)
+    end = tc.iterations if stop_after is None else min(tc.iterations, start + stop_after)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=tc.iterations, initial=start, desc="univs train", dynamic_ncols=True, file=sys.stderr)
+    t_last_ckpt = time.time()
+    t0 = time.time()
+    wall0 = wall
+    running: dict[str, float] = {}
+    it = start
+    log_file = open(out / "log.jsonl", "a")
+    try:
+        while it < end:
+            T = 1 if it < stage1_end else tc.clip_len
+            B = tc.batch_images if T == 1 else tc.batch_clips
+            vf = tc.video_frames if T > 1 else max(4, tc.video_frames // 2)
+            clips = [sample_clip(clip_seed(tc, it, b), T, tc.size, vf, tc.max_prompts) for b in range(B)]
+            for g in optimizer.param_groups:
+                g["lr"] = tc.lr * lr_factor(it, tc)
+            loss = compute_losses(model, clips, tc.loss, py, gen)
+            optimizer.zero_grad(set_to_none=True)
+            loss.total.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip else torch.zeros(())
+            if not torch.isfinite(loss.total):
+                raise FloatingPointError(f"non-finite loss at iteration {it}: {loss.parts}")
+            optimizer.step()
+            it += 1
+            parts = dict(loss.parts, total=float(loss.total.detach()), grad_norm=float(gnorm))
+            for k, v in parts.items():
+                running[k] = running.get(k, 0.0) + v
+            if it % tc.log_every == 0 or it == end:
+                n = tc.log_every if it % tc.log_every == 0 else max(it % tc.log_every, 1)
+                rec = {"iteration": it, "T": T, "lr": optimizer.param_groups[0]["lr"],
+                       "wall": round(wall0 + time.time() - t0, 1), **{k: round(v / n, 4) for k, v in running.items()}}
+                history.append(rec)
+                log_file.write(json.dumps(rec) + "\n")
+                log_file.flush()
+                running = {}
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{parts['total']:.2f}", T=T)
+            due = time.time() - t_last_ckpt >= tc.checkpoint_minutes * 60
+            if due or (tc.checkpoint_every and it % tc.checkpoint_every == 0) or it == end:
+                save_checkpoint(ckpt_path, model, optimizer, it, tc, py, gen, history, wall0 + time.time() - t0)
+                t_last_ckpt = time.time()
+    finally:
+        log_file.close()
+        if bar is not None:
+            bar.close()
+    wall = wall0 + time.time() - t0
+    summary = {"iteration": it, "iterations": tc.iterations, "wall_time_s": round(wall, 1), "checkpoint": str(ckpt_path)}
+    if it >= tc.iterations and export is not False:
+        from .export import export_model
+
+        dst = Path(export) if export else out / "univs_small.safetensors"
+        export_model(model, dst, extra_metadata={"iterations": str(it), "train_wall_time_s": f"{wall:.0f}"})
+        summary["export"] = str(dst)
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`univs train` entry point."""
+    ap = argparse.ArgumentParser(prog="univs train", description="Train the small UniVS model on synthetic videos.")
+    ap.add_argument("--out", required=True, help="run folder (checkpoint last.pt, log.jsonl, exported weights)")
+    ap.add_argument("--iterations", type=int, default=TrainConfig.iterations)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-resume", action="store_true", help="start from scratch even if out/last.pt exists")
+    ap.add_argument("--lr", type=float, default=TrainConfig.lr)
+    ap.add_argument("--size", type=int, default=TrainConfig.size, help="square frame size (multiple of 32)")
+    ap.add_argument("--clip-len", type=int, default=TrainConfig.clip_len)
+    ap.add_argument("--batch-images", type=int, default=TrainConfig.batch_images)
+    ap.add_argument("--batch-clips", type=int, default=TrainConfig.batch_clips)
+    ap.add_argument("--stage1-fraction", type=float, default=TrainConfig.stage1_fraction)
+    ap.add_argument("--checkpoint-minutes", type=float, default=TrainConfig.checkpoint_minutes)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--export", default=None, help="where to write the final .safetensors")
+    ap.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(argv)
+    if a.size % 32:
+        ap.error("--size must be a multiple of 32")
+    tc = TrainConfig(iterations=a.iterations, seed=a.seed, lr=a.lr, size=a.size, clip_len=a.clip_len,
+                     batch_images=a.batch_images, batch_clips=a.batch_clips, stage1_fraction=a.stage1_fraction,
+                     checkpoint_minutes=a.checkpoint_minutes)
+    summary = train(a.out, resume=not a.no_resume, config=tc, progress=not a.no_progress, threads=a.threads,
+                    export=a.export, checkpoint_minutes=a.checkpoint_minutes)
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
