@@ -22,6 +22,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def load_pack():
     if "univs_pack" in sys.modules:
         return sys.modules["univs_pack"]
+    try:  # with ComfyUI on the path: make it start in CPU mode when there is no GPU (as `main.py --cpu`)
+        import comfy.cli_args
+
+        if not torch.cuda.is_available():
+            comfy.cli_args.args.cpu = True
+    except ImportError:
+        pass
     spec = importlib.util.spec_from_file_location("univs_pack", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
     mod = importlib.util.module_from_spec(spec)
     sys.modules["univs_pack"] = mod
