@@ -98,9 +98,9 @@ def test_visual_prompt_matches_stage_e(ref, setup):
     assert maxdiff(pq.pos, e["prompt_query_embed"]) < TOL
     assert maxdiff(pq.dense, e["prompt_feats_dense"]) < TOL
     assert maxdiff(pq.dense_pos, e["prompt_pe_dense"]) < TOL
-    assert maxdiff(out.pred_masks[200:], e["pred_masks_prompt"][0]) < TOL
-    assert maxdiff(out.pred_embds[200:], e["pred_embds_prompt"][0]) < TOL
-    assert maxdiff(out.pred_logits[200:], e["pred_logits_prompt"][0]) < TOL
+    assert maxdiff(out.pred_masks[out.num_learnable:], e["pred_masks_prompt"][0]) < TOL
+    assert maxdiff(out.pred_embds[out.num_learnable:], e["pred_embds_prompt"][0]) < TOL
+    assert maxdiff(out.pred_logits[out.num_learnable:], e["pred_logits_prompt"][0]) < TOL
     logits = torch.stack([f[1] for f in frames], 1)
     assert maxdiff(logits, e["vos_mask_logits"]) < TOL
     assert maxdiff(torch.stack([f[2] for f in frames], 1), e["vos_embds"]) < TOL
@@ -118,7 +118,7 @@ def test_text_prompt_decoder_matches_stage_f(ref, setup):
     out = model.decoder(lv, c["mask_features"], pq, emb, keep_layers=True)
     for layer in range(10):
         assert maxdiff(out.embds_per_layer[layer, 200:], f["pred_embds_prompt_per_layer"][layer, 0]) < TOL, layer
-    assert maxdiff(out.pred_masks[200:], f["pred_masks_prompt"][0]) < TOL
+    assert maxdiff(out.pred_masks[out.num_learnable:], f["pred_masks_prompt"][0]) < TOL
     assert maxdiff(out.pred_logits, f["pred_logits"][0]) < TOL
     assert maxdiff(out.pred_reid, f["pred_reid_logits"][0]) < TOL
 
@@ -138,9 +138,9 @@ def test_end_to_end_vos_matches_stage_g(ref, setup):
         assert maxdiff(pq.content, g[f"fpe_clip{clip}_prompt_output"]) < TOL
         assert maxdiff(pq.dense, g[f"fpe_clip{clip}_prompt_feats_dense"]) < TOL
         assert maxdiff(pq.dense_pos, g[f"fpe_clip{clip}_prompt_pe_dense"]) < TOL
-        assert maxdiff(out.pred_masks[200:], g[f"clip{clip}_pred_masks_prompt"][0]) < TOL
-        assert maxdiff(out.pred_embds[200:], g[f"clip{clip}_pred_embds_prompt"][0]) < TOL
-        assert maxdiff(out.pred_logits[200:], g[f"clip{clip}_pred_logits_prompt"][0]) < TOL
+        assert maxdiff(out.pred_masks[out.num_learnable:], g[f"clip{clip}_pred_masks_prompt"][0]) < TOL
+        assert maxdiff(out.pred_embds[out.num_learnable:], g[f"clip{clip}_pred_embds_prompt"][0]) < TOL
+        assert maxdiff(out.pred_logits[out.num_learnable:], g[f"clip{clip}_pred_logits_prompt"][0]) < TOL
     logits = torch.stack([f[1] for f in frames], 1)
     assert maxdiff(logits, g["vos_mask_logits"]) < TOL
     assert torch.equal(logits > 0, g["vos_masks"] > 0)

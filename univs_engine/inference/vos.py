@@ -192,7 +192,10 @@ class PromptedClipLoop:
             prompts = dec.text_prompt_queries(text.sentence, text.words, levels)
         else:
             prompts = self._visual_prompts(st, levels, i, n, s)
-        return dec(levels, mask_features, prompts, self.class_embeddings, self.s.self_attn_mask)
+        # visual prompts never attend to the learnable queries ('sep' masks): skip them; text prompts
+        # borrow a learnable query's mask (l4p) and need them
+        return dec(levels, mask_features, prompts, self.class_embeddings, self.s.self_attn_mask,
+                   learnable=text is not None)
 
     def _visual_prompts(self, st: TrackState, levels, i, n, s) -> PromptQueries:
         """Re-encode the clip's older frames from the current masks into the memory pool, then read it."""
@@ -223,7 +226,7 @@ class PromptedClipLoop:
 
     def _write_predictions(self, st: TrackState, out, i, n, is_text: bool):
         """Turn the clip's prompt-query predictions into state (the official write_predictions)."""
-        Ql = self.model.decoder.num_queries
+        Ql = out.num_learnable
         low = out.pred_masks[Ql:]                       # [N, n, H4, W4]
         h4, w4 = low.shape[-2:]
         boxes = mask_box(low > 0).float() / torch.tensor([w4, h4, w4, h4], device=low.device)

@@ -64,6 +64,7 @@ class DecoderOutput:
     pred_logits: torch.Tensor | None
     pred_reid: torch.Tensor | None = None
     embds_per_layer: torch.Tensor | None = None
+    num_learnable: int = 0  # prompt queries start at this index
 
 
 class VideoMaskDecoder(nn.Module):
@@ -152,35 +153,39 @@ class VideoMaskDecoder(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, levels: Levels, mask_features: torch.Tensor, prompts: PromptQueries | None = None,
                 class_embeddings: torch.Tensor | None = None, self_attn_mask: str = "sep",
-                keep_layers: bool = False) -> DecoderOutput:
+                keep_layers: bool = False, learnable: bool = True) -> DecoderOutput:
         """Decode one clip.
 
         mask_features [T, C, H/4, W/4]; class_embeddings [K, D] category text embeddings (L2-normalised
         here) or None to skip classification. self_attn_mask: "sep" (prompts see each other) or
         "sep-blocked" (each prompt sees only its own frames; always used for text prompts).
+        learnable=False drops the learnable queries: under the separated self-attention masks the prompt
+        queries never see them, so visual-prompt tracking gives the same prompt outputs without them.
         """
-        Ql = self.num_queries
+        text = prompts is not None and prompts.kind == "text"
+        if not learnable and (prompts is None or text):
+            raise ValueError("learnable=False needs visual prompts (text prompts borrow learnable masks)")
+        Ql = self.num_queries if learnable else 0
         T = mask_features.shape[0]
-        output = self.query_feat.weight[:, None].expand(-1, T, -1)
-        query_pos = self.query_embed.weight[:, None].expand(-1, T, -1)
+        output = self.query_feat.weight[:Ql, None].expand(-1, T, -1)
+        query_pos = self.query_embed.weight[:Ql, None].expand(-1, T, -1)
         if prompts is not None:
             output = torch.cat([output, prompts.content])
             query_pos = torch.cat([query_pos, prompts.pos])
-            output = self._proca(0, output, query_pos, prompts)
+            output = self._proca(0, output, query_pos, prompts, Ql)
             # after the first ProCA, a prompt query's content is its positional query too
             query_pos = torch.cat([query_pos[:Ql], output[Ql:]])
-        text = prompts is not None and prompts.kind == "text"
         if text:
             self_attn_mask = "sep-blocked"
-        self_blocked = self._self_attn_mask(output.shape[0], T, self_attn_mask, output.device)
+        self_blocked = self._self_attn_mask(output.shape[0], T, self_attn_mask, output.device, Ql)
 
         embds = [output]
-        masks, attn_blocked, reid = self._predict_masks(output, mask_features, levels.sizes[0], text)
+        masks, attn_blocked, reid = self._predict_masks(output, mask_features, levels.sizes[0], text, Ql)
         for i, (cross, self_attn, ffn) in enumerate(zip(self.transformer_cross_attention_layers,
                                                         self.transformer_self_attention_layers,
                                                         self.transformer_ffn_layers)):
             if prompts is not None and i > 0:
-                output = self._proca(i, output, query_pos, prompts)
+                output = self._proca(i, output, query_pos, prompts, Ql)
             lvl = i % NUM_LEVELS
             # per frame: batch = T, queries attend to their own frame's features
             out_t = cross(output.transpose(0, 1), levels.src[lvl], pos=levels.pos[lvl],
@@ -192,7 +197,7 @@ class VideoMaskDecoder(nn.Module):
             output = ffn(output)
             embds.append(output)
             target = levels.sizes[(i + 1) % NUM_LEVELS]
-            masks, attn_blocked, reid = self._predict_masks(output, mask_features, target, text)
+            masks, attn_blocked, reid = self._predict_masks(output, mask_features, target, text, Ql)
 
         decoded = self.decoder_norm(output)
         logits = None
@@ -201,7 +206,7 @@ class VideoMaskDecoder(nn.Module):
         elif class_embeddings is not None:
             logits = self.classify(decoded, class_embeddings)
         per_layer = torch.stack([self.decoder_norm(e) for e in embds]) if keep_layers else None
-        return DecoderOutput(masks, decoded, logits, reid, per_layer)
+        return DecoderOutput(masks, decoded, logits, reid, per_layer, Ql)
 
     def classify(self, decoded: torch.Tensor, class_embeddings: torch.Tensor) -> torch.Tensor:
         """Cosine classifier: decoded [Q, T, C] x class_embeddings [K, D] -> logits [Q, K] (mean over T)."""
@@ -210,9 +215,8 @@ class VideoMaskDecoder(nn.Module):
         return (p @ e.t()).mean(1) * self.cls_temp.weight.exp().view(())
 
     # ------------------------------------------------------------------ pieces
-    def _proca(self, i: int, output: torch.Tensor, query_pos: torch.Tensor, prompts: PromptQueries):
+    def _proca(self, i: int, output: torch.Tensor, query_pos: torch.Tensor, prompts: PromptQueries, Ql: int):
         """Prompt cross-attention: each prompt query [Qp, T] attends to [itself, its dense tokens]."""
-        Ql = self.num_queries
         out_p, pos_p = output[Ql:], query_pos[Ql:]
         Qp, T, C = out_p.shape
         kv = torch.cat([out_p[:, None], prompts.dense], dim=1)  # [Qp, 1+L, T, C]
@@ -226,14 +230,13 @@ class VideoMaskDecoder(nn.Module):
         out_p = layer(out_p.reshape(Qp * T, 1, C), kv, pos=kpos, query_pos=qpos).reshape(Qp, T, C)
         return torch.cat([output[:Ql], out_p])
 
-    def _predict_masks(self, output: torch.Tensor, mask_features: torch.Tensor, target_size, text: bool):
+    def _predict_masks(self, output: torch.Tensor, mask_features: torch.Tensor, target_size, text: bool, Ql: int):
         """Mask logits [Q, T, H, W] and the next cross-attention mask [T, Q, h*w] (True = blocked)."""
         decoded = self.decoder_norm(output)
         masks = torch.einsum("qtc,tchw->qthw", self.mask_embed(decoded), mask_features)
         reid = None
         if text:
             # "l4p": a text query borrows the mask of its most similar learnable query
-            Ql = self.num_queries
             dn = F.normalize(decoded, dim=-1)
             reid = torch.einsum("qtc,ktc->qk", dn, dn[Ql:]) / dn.shape[1]
             best = reid[:Ql].argmax(0)
@@ -244,9 +247,8 @@ class VideoMaskDecoder(nn.Module):
         blocked = blocked & ~blocked.all(-1, keepdim=True)
         return masks, blocked, reid
 
-    def _self_attn_mask(self, Q: int, T: int, kind: str, device) -> torch.Tensor | None:
+    def _self_attn_mask(self, Q: int, T: int, kind: str, device, Ql: int) -> torch.Tensor | None:
         """[Q*T, Q*T] bool, True = blocked; learnable and prompt queries never see each other."""
-        Ql = self.num_queries
         if Q == Ql or kind in ("all", "none"):
             return None
         group = torch.zeros(Q, dtype=torch.long, device=device)

@@ -8,7 +8,8 @@ Layout (see models/MODEL_CARD.md):
   dominates the file).
 * `class_embeddings`: [13, 128] fp32, category embeddings of `univs_engine.data.synthetic.CLASSES` (the
   synthetic vocabulary: 8 things then 5 stuff), the mean EOT feature over the 81 templates.
-* metadata: univs_config="small", class_names (JSON list), text_encoder_dtype, plus training info.
+* metadata: univs_config="small", class_names (JSON list), vocabulary ("|"-joined names, read by
+  `univs_engine.api`), vocabulary_isthing ("1"/"0" per class), text_encoder_dtype, plus training info.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import atomic_save_safetensors
+from ..data.synthetic import NUM_THING_CLASSES
 from ..modeling.image_encoder import freeze_batch_norm
 from .criterion import TrainingModel
 
@@ -53,6 +55,8 @@ def export_model(model: TrainingModel, dst: str | os.PathLike, extra_metadata: d
     meta = {
         "univs_config": model.cfg.name,
         "class_names": json.dumps(model.class_names),
+        "vocabulary": "|".join(model.class_names),  # what univs_engine.api reads for the built-in vocabulary
+        "vocabulary_isthing": "|".join("1" if i < NUM_THING_CLASSES else "0" for i in range(len(model.class_names))),
         "text_encoder_prefix": TEXT_PREFIX,
         "text_encoder_dtype": str(text_dtype).replace("torch.", ""),
         "format": "univs-small-v1",
