@@ -240,7 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`univs train` entry point."""
     ap = argparse.ArgumentParser(prog="univs train", description="Train the small UniVS model on synthetic videos.")
     ap.add_argument("--out", required=True, help="run folder (checkpoint last.pt, log.jsonl, exported weights)")
-    ap.add_argument("--iterations", type=int, default=TrainConfig.iterations)
+    ap.add_argument("--iterations", type=int, default=None,
+                    help=f"total iterations (default {TrainConfig.iterations}; on resume: the run's own unless given)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-resume", action="store_true", help="start from scratch even if out/last.pt exists")
     ap.add_argument("--lr", type=float, default=TrainConfig.lr)
@@ -256,10 +257,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.size % 32:
         ap.error("--size must be a multiple of 32")
-    tc = TrainConfig(iterations=a.iterations, seed=a.seed, lr=a.lr, size=a.size, clip_len=a.clip_len,
+    tc = TrainConfig(iterations=a.iterations or TrainConfig.iterations, seed=a.seed, lr=a.lr, size=a.size, clip_len=a.clip_len,
                      batch_images=a.batch_images, batch_clips=a.batch_clips, stage1_fraction=a.stage1_fraction,
                      checkpoint_minutes=a.checkpoint_minutes)
-    summary = train(a.out, resume=not a.no_resume, config=tc, progress=not a.no_progress, threads=a.threads,
+    summary = train(a.out, a.iterations, resume=not a.no_resume, config=tc, progress=not a.no_progress, threads=a.threads,
                     export=a.export, checkpoint_minutes=a.checkpoint_minutes)
     print(json.dumps(summary))
     return 0
