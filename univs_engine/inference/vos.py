@@ -205,10 +205,9 @@ class PromptedClipLoop:
         update = 1 if i == 0 else n - s
         if i > 0:
             st.memory.append(s)
+        z = frame_phase(levels.frame_indices, n, self.model.cfg.pe_variant, self.model.cfg.num_frames_pe)
         for k in range(update):
-            z = frame_phase(levels.frame_indices[k:k + 1], n, self.model.cfg.pe_variant,
-                            self.model.cfg.num_frames_pe)
-            enc = sample_mask_prompts(feat[k], pos[k], masks[:, k], self.s.prompt_tokens, z[0],
+            enc = sample_mask_prompts(feat[k], pos[k], masks[:, k], self.s.prompt_tokens, z[k],
                                       boxes=boxes[:, k], generator=self.generator)
             self._hook("prompt_tokens", call=i, frame=i + k, tokens=enc)
             if i == 0:

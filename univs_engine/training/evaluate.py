@@ -5,6 +5,7 @@
   frames after the prompt frame (empty prediction on an empty ground truth counts 1, as DAVIS), averaged
   over objects. Baseline: copying the prompt mask to every later frame.
 * RefVOS: the same loop with the referring expressions as text prompts; J over all frames.
+* Prompt frame: single-frame segmentation from a mask / box / point-disk / scribble prompt.
 * Entities: learnable queries on single frames, Hungarian-matched to the things and stuff; mean IoU of the
   matched masks and accuracy of the matched queries' classes (cosine classifier on the class embeddings).
 
@@ -119,6 +120,36 @@ def eval_entities(model, class_embeddings, videos, frames_per_video: int = 2) ->
             "entity_class_acc": correct / max(total, 1)}
 
 
+@torch.no_grad()
+def eval_prompt_frame(model, videos, prompt_tokens: int = 256) -> dict:
+    """Single-frame interactive segmentation: each thing's prompt (as the mask, its box, 1-3 point disks
+    or a scribble, built as in training) on its prompt frame -> IoU of the prompt query's mask."""
+    from ..modeling.position_encoding import frame_phase
+    from ..modeling.prompt_encoder import sample_mask_prompts
+    from .data import PROMPT_TYPES, prompt_mask
+
+    dec = model.decoder
+    ious: dict[str, list[float]] = {k: [] for k in PROMPT_TYPES}
+    for v in videos:
+        fn = _frames_fn(model, v)
+        rng = np.random.default_rng(v.seed)
+        for p in v.prompts:
+            mf, multi = model.encode_frames(fn(p.frame, p.frame + 1))
+            idx = torch.tensor([p.frame])
+            levels = dec.embed_levels(multi, idx)
+            feat, pos, _ = levels.prompt_level
+            z = frame_phase(idx, 1, model.cfg.pe_variant, model.cfg.num_frames_pe)
+            for kind in PROMPT_TYPES:
+                region = torch.from_numpy(prompt_mask(p.mask, kind, rng)).float()
+                enc = sample_mask_prompts(feat[0], pos[0], region[None], prompt_tokens, z[0],
+                                          generator=torch.Generator().manual_seed(0))
+                prompts = dec.visual_prompt_queries(enc.tokens[:, :, None], enc.pe[:, :, None], enc.tokens, enc.pe)
+                out = dec(levels, mf, prompts)
+                m = F.interpolate(out.pred_masks[-1:], size=p.mask.shape, mode="bilinear", align_corners=False)
+                ious[kind].append(_iou((m[0, 0] > 0).numpy(), p.mask))
+    return {f"prompt_frame_IoU_{k}": float(np.mean(v)) for k, v in ious.items()}
+
+
 def evaluate(model, text_encoder, class_embeddings, n_videos: int = 16, frames: int = 12, size: int = 128,
              settings: ClipSettings | None = None, refvos: bool = True) -> dict:
     model.eval()
@@ -128,6 +159,7 @@ def evaluate(model, text_encoder, class_embeddings, n_videos: int = 16, frames: 
     res.update(eval_vos(model, videos, settings))
     if refvos and text_encoder is not None:
         res.update(eval_refvos(model, text_encoder, videos, settings))
+    res.update(eval_prompt_frame(model, videos))
     if class_embeddings is not None:
         res.update(eval_entities(model, class_embeddings, videos))
     res["eval_seconds"] = round(time.time() - t0, 1)

@@ -79,7 +79,9 @@ class PromptEditor {
   buildDom() {
     const bar = { display: "flex", gap: "4px", alignItems: "center", flexWrap: "wrap", fontSize: "11px" };
     this.objectSelect = el("select", { title: "Active object (id: label)", onchange: () => {
-      this.activeId = Number(this.objectSelect.value); this.draw(); } });
+      this.activeId = Number(this.objectSelect.value);
+      this.labelInput.value = this.obj(this.activeId)?.label ?? "";
+      this.draw(); } });
     this.labelInput = el("input", { placeholder: "label", title: "Label of the active object", size: 8,
       onchange: () => { const o = this.obj(this.activeId, true); o.label = this.labelInput.value; this.save(); this.refreshObjects(); } });
     const btn = (text, title, fn) => el("button", { textContent: text, title, onclick: (e) => { e.preventDefault(); fn(); } });
@@ -185,12 +187,27 @@ class PromptEditor {
   }
 
   // ---------------------------------------------------------------- frames
+  // Frame to show first: the node's frame_index, else the first frame where the active object has cues.
+  preferredFrame() {
+    const fi = this.node.widgets?.find((w) => w.name === "frame_index")?.value;
+    const o = this.obj(this.activeId);
+    const cueFrames = o ? Object.keys(o.frames).map(Number).sort((a, b) => a - b) : [];
+    if (cueFrames.length && !cueFrames.includes(fi)) return cueFrames[0];
+    return Number.isFinite(fi) ? fi : 0;
+  }
+
   setFrames(frames, size) {
+    const first = !this.frames.length;
+    const target = first ? this.preferredFrame() : this.currentFrame();
     this.frames = frames;
     if (size) this.size = size;
     this.slider.max = Math.max(0, frames.length - 1);
-    const want = this.frames.findIndex((f) => f.frame === this.currentFrame());
-    this.showFrame(want >= 0 ? want : 0);
+    // nearest available frame (thumbnails may skip frames on long clips)
+    let best = 0;
+    this.frames.forEach((f, i) => {
+      if (Math.abs(f.frame - target) < Math.abs(this.frames[best].frame - target)) best = i;
+    });
+    this.showFrame(best);
   }
 
   showFrame(i) {
