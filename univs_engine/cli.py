@@ -32,7 +32,7 @@ def prompts_from_args(args, height: int, width: int):
 
     prompts = []
     if args.prompts:
-        prompts += prompts_from_json(Path(args.prompts), args.text is not None)
+        prompts += prompts_from_json(Path(args.prompts), args.task == "refvos" and not args.text)
     obj = 1 + max([p.obj_id for p in prompts], default=0)
     if args.points or args.box or args.mask:
         pts = _points(args.points) if args.points else []
@@ -61,13 +61,17 @@ def prompts_from_json(path: Path, use_text: bool):
     out = []
     for o in data.get("objects", []):
         p = o["prompt"]
-        mask = None
-        if "mask_rle" in p:
+        label = o.get("category", "")
+        if use_text and o.get("expression"):
+            out.append(Prompt(int(o["id"]), int(p["frame"]), label, text=o["expression"]))
+        elif "mask_rle" in p:  # the most precise form wins; the others describe the same target
             h, w = p["mask_rle"]["size"]
-            mask = rle_decode(np.asarray(p["mask_rle"]["counts"]), h, w)
-        pos, neg = p.get("points", []), p.get("negative_points", [])
-        out.append(Prompt(int(o["id"]), int(p["frame"]), o.get("category", ""), [tuple(x) for x in pos + neg],
-                          [1] * len(pos) + [0] * len(neg), tuple(p["box"]) if "box" in p else None, mask))
+            out.append(Prompt(int(o["id"]), int(p["frame"]), label,
+                              mask=rle_decode(np.asarray(p["mask_rle"]["counts"]), h, w)))
+        else:
+            pos, neg = p.get("points", []), p.get("negative_points", [])
+            out.append(Prompt(int(o["id"]), int(p["frame"]), label, [tuple(x) for x in pos + neg],
+                              [1] * len(pos) + [0] * len(neg), tuple(p["box"]) if "box" in p else None))
     return out
 
 
