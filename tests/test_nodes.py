@@ -558,3 +558,26 @@ def test_handle_prepare_and_release_use_memory_manager():
     assert h.prepare(mm) is model and loaded[0][0] == [patcher] and loaded[0][1] == {"force_full_load": True}
     h.release(mm)
     assert moved == ["cpu", "cpu"] and emptied == [1]
+
+
+def test_editor_js_colours_match_engine_colours():
+    import shutil
+    import subprocess
+
+    from univs_engine.results import object_color
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node.js not installed")
+    js = ROOT / "web" / "js" / "univs_prompt_editor.js"
+    script = (
+        "globalThis.window = {comfyAPI: {app: {app: {registerExtension() {}}}, api: {api: {}}}};"
+        f"const m = await import({json.dumps(js.as_uri())});"
+        "console.log(JSON.stringify([1, 2, 3, 17, 250].map(m.objectColor)));"
+        "console.log(JSON.stringify(m.parseState('not json')));"
+    )
+    out = subprocess.run([node, "--input-type=module", "-e", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    colours, state = out.stdout.strip().splitlines()
+    assert json.loads(colours) == [f"rgb({','.join(map(str, object_color(i)))})" for i in (1, 2, 3, 17, 250)]
+    assert json.loads(state) == {"version": 1, "objects": []}
