@@ -64,6 +64,7 @@ class UniVSModel:
     text: object | None = None          # TextPromptEncoder
     class_embeddings: dict[str, torch.Tensor] = field(default_factory=dict)
     vocabulary: list[str] = field(default_factory=list)
+    vocabulary_isthing: list[bool] = field(default_factory=list)
     name: str = ""
     precision: torch.dtype = torch.float32  # compute dtype; weights stay fp32 (autocast)
 
@@ -141,6 +142,9 @@ def _load_small(device, dtype) -> UniVSModel:
     if "class_embeddings" in state:
         model.class_embeddings["builtin"] = state["class_embeddings"].float()
         model.vocabulary = meta.get("vocabulary", "").split("|")
+        flags = meta.get("vocabulary_isthing", "").split("|")
+        model.vocabulary_isthing = [f == "1" for f in flags] if len(flags) == len(model.vocabulary) \
+            else [True] * len(model.vocabulary)
     return model.to(device, dtype)
 
 
@@ -374,6 +378,9 @@ def segment(model: UniVSModel, video, task: str = "instance", vocabulary: Sequen
     if task not in ("instance", "semantic", "panoptic"):
         raise ValueError(f"task must be instance, semantic or panoptic, not {task!r}")
     names, embeddings, things = resolve_vocabulary(model, vocabulary)
+    if task == "instance" and not all(things) and any(things):
+        keep = [i for i, t in enumerate(things) if t]  # instances are things; stuff has no instances
+        names, embeddings, things = [names[i] for i in keep], embeddings[keep], [True] * len(keep)
     from .inference import entity
     source = as_source(video)
     stop = source.num_frames if stop is None else stop
@@ -392,7 +399,7 @@ def resolve_vocabulary(model: UniVSModel, vocabulary):
     if vocabulary is None:
         if not model.vocabulary:
             raise ValueError("no vocabulary given: pass class names or a built-in vocabulary name")
-        return model.vocabulary, model.class_embeddings["builtin"], [True] * len(model.vocabulary)
+        return model.vocabulary, model.class_embeddings["builtin"], list(model.vocabulary_isthing)
     if isinstance(vocabulary, str):
         names = vocabularies.get_vocabulary(vocabulary)
         things = [vocabularies.is_thing(vocabulary, i) for i in range(len(names))]
