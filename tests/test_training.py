@@ -1,4 +1,5 @@
 """Training: losses go down, the matcher matches, runs resume exactly, checkpoints are written atomically."""
+import json
 import os
 import random
 from pathlib import Path
@@ -19,8 +20,9 @@ FAST_LOSS = dict(match_points=128, loss_points=128, prompt_tokens=16, templates=
 
 
 def _tiny_config(**kw) -> TrainConfig:
-    base = dict(iterations=2, size=64, batch_images=1, batch_clips=1, video_frames=4, max_prompts=2, warmup=1,
-                stage1_fraction=0.5, clip_len=2, log_every=1, loss=LossConfig(**FAST_LOSS))
+    base = dict(iterations=3, stage3_iterations=1, stage3_clip_len=3, size=64, batch_images=1, batch_clips=1,
+                video_frames=4, max_prompts=2, warmup=1, stage1_fraction=0.5, clip_len=2, log_every=1,
+                loss=LossConfig(**FAST_LOSS))
     base.update(kw)
     return TrainConfig(**base)
 
@@ -90,21 +92,36 @@ def _weights(path: Path) -> dict:
 
 def test_resume_restores_iteration_weights_and_rng(tmp_path):
     straight = train(tmp_path / "a", config=_tiny_config(), progress=False, threads=None)
-    assert straight["iteration"] == 2 and Path(straight["export"]).is_file()
+    assert straight["iteration"] == 3 and Path(straight["export"]).is_file()
 
     first = train(tmp_path / "b", config=_tiny_config(), progress=False, threads=None, stop_after=1)
     assert first["iteration"] == 1 and "export" not in first
     state = load_training_checkpoint(tmp_path / "b" / "last.pt")
     assert state["iteration"] == 1 and state["optimizer"]["state"]
     resumed = train(tmp_path / "b", progress=False, threads=None, export=False)  # picks up last.pt and its config
-    assert resumed["iteration"] == 2
+    assert resumed["iteration"] == 3
 
     wa, wb = _weights(tmp_path / "a" / "last.pt"), _weights(tmp_path / "b" / "last.pt")
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
     log = (tmp_path / "b" / "log.jsonl").read_text().splitlines()
-    assert [eval(line.replace("null", "None"))["iteration"] for line in log] == [1, 2]
+    recs = [json.loads(line) for line in log]
+    assert [r["iteration"] for r in recs] == [1, 2, 3] and [r["stage"] for r in recs] == [1, 2, 3]
+    assert [r["T"] for r in recs] == [1, 2, 3]
+
+
+def test_stage3_freezes_encoder():
+    model = TrainingModel(get_config("small"))
+    model.freeze_encoder(True)
+    model.train()
+    assert not model.univs.backbone.training and model.univs.decoder.training
+    assert not any(p.requires_grad for p in model.univs.sem_seg_head.pixel_decoder.parameters())
+    assert all(p.requires_grad for p in model.univs.decoder.parameters())
+    clip = sample_clip(5, 2, size=64, video_frames=4, max_prompts=1)
+    compute_losses(model, [clip], LossConfig(**FAST_LOSS), random.Random(0)).total.backward()
+    assert all(p.grad is None for p in model.univs.backbone.parameters())
+    assert model.univs.decoder.query_feat.weight.grad is not None
 
 
 def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):

@@ -67,6 +67,7 @@ class TrainingModel(nn.Module):
         with torch.no_grad():
             dec.cls_temp.weight.fill_(math.log(1 / 0.07))
             dec.reid_temp.weight.fill_(math.log(1 / 0.07))
+        self.encoder_frozen = False
         self.class_names = list(CLASSES)
         self.register_buffer("category_ids", tokenize_categories(self.class_names), persistent=False)
         self.train()
@@ -105,10 +106,24 @@ class TrainingModel(nn.Module):
         return eot.mean(1), words
 
     # ------------------------------------------------------------------ images
+    def freeze_encoder(self, frozen: bool = True) -> None:
+        """Paper stage 3: backbone (batch norm on running statistics) and pixel decoder frozen."""
+        self.encoder_frozen = frozen
+        for mod in (self.univs.backbone, self.univs.sem_seg_head.pixel_decoder):
+            mod.requires_grad_(not frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if getattr(self, "encoder_frozen", False):
+            self.univs.backbone.eval()
+        return self
+
     def encode(self, frames: torch.Tensor):
         """RGB 0..255 frames [B, 3, H, W] (H, W multiples of 32) -> encode_frames outputs."""
         m = self.univs
-        return m.encode_frames((frames - m.pixel_mean) / m.pixel_std)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.encoder_frozen):
+            return m.encode_frames((frames - m.pixel_mean) / m.pixel_std)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Train the small UniVS model on the synthetic video world (CPU friendly).
 
 Stage 1 is image-level (clips of one frame), stage 2 clip-level (clips of `clip_len` frames), as the
-paper's first two stages. Clips are generated on the fly from training-split seeds that are a function
+paper's first two stages; the optional stage 3 (last `stage3_iterations`) uses longer clips with the
+backbone and pixel decoder frozen, at a lower learning rate. Clips are generated on the fly from training-split seeds that are a function
 of (seed, iteration), and every random decision draws from generators saved in the checkpoint, so an
 interrupted run resumed from its checkpoint continues where it stopped.
 
@@ -53,6 +54,9 @@ class TrainConfig:
     checkpoint_minutes: float = 3.0
     checkpoint_every: int = 0       # also every N iterations when > 0
     log_every: int = 10
+    stage3_iterations: int = 0      # the last N iterations: long clips, frozen encoder (part of `iterations`)
+    stage3_clip_len: int = 5
+    stage3_lr_ratio: float = 0.2    # stage-3 lr = lr * ratio, cosine to a tenth of that
     loss: LossConfig = field(default_factory=LossConfig)
 
     @classmethod
@@ -92,10 +96,25 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def main_iterations(tc: TrainConfig) -> int:
+    """Iterations of stages 1-2 (the warmup + cosine schedule)."""
+    return tc.iterations - tc.stage3_iterations
+
+
+def stage_of(it: int, tc: TrainConfig) -> int:
+    if it >= main_iterations(tc):
+        return 3
+    return 1 if it < int(tc.stage1_fraction * main_iterations(tc)) else 2
+
+
 def lr_factor(it: int, tc: TrainConfig) -> float:
+    main = main_iterations(tc)
+    if it >= main:
+        p = (it - main) / max(tc.stage3_iterations, 1)
+        return tc.stage3_lr_ratio * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
     if it < tc.warmup:
         return 0.1 + 0.9 * it / max(tc.warmup, 1)
-    p = (it - tc.warmup) / max(tc.iterations - tc.warmup, 1)
+    p = (it - tc.warmup) / max(main - tc.warmup, 1)
     return tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
 
 
@@ -157,9 +176,14 @@ def train(out_dir: str | os.PathLike, iterations: int | None = None, resume: boo
         tc.iterations = int(iterations)
     if seed is not None and state is None:
         tc.seed = int(seed)
+    # a resumed run keeps its config, except logging and the stage-3 extension of the schedule
+    resumable = ("checkpoint_minutes", "checkpoint_every", "log_every", "stage3_iterations", "stage3_clip_len",
+                 "stage3_lr_ratio")
     for k, v in overrides.items():
-        if state is None or k in ("checkpoint_minutes", "checkpoint_every", "log_every"):
+        if state is None or k in resumable:
             setattr(tc, k, v)
+    if not 0 <= tc.stage3_iterations <= tc.iterations:
+        raise ValueError("stage3_iterations must lie in [0, iterations]")
 
     model = build_training_model(tc)
     optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=(0.9, 0.999))
@@ -174,7 +198,6 @@ def train(out_dir: str | os.PathLike, iterations: int | None = None, resume: boo
     model.train()
     (out / "train_config.json").write_text(json.dumps(asdict(tc), indent=1))
 
-    stage1_end = int(tc.stage1_fraction * tc.iterations)
     end = tc.iterations if stop_after is None else min(tc.iterations, start + stop_after)
     bar = None
     if progress:
@@ -189,8 +212,11 @@ def train(out_dir: str | os.PathLike, iterations: int | None = None, resume: boo
     log_file = open(out / "log.jsonl", "a")
     try:
         while it < end:
-            T = 1 if it < stage1_end else tc.clip_len
-            B = tc.batch_images if T == 1 else tc.batch_clips
+            stage = stage_of(it, tc)
+            T = {1: 1, 2: tc.clip_len, 3: tc.stage3_clip_len}[stage]
+            B = tc.batch_images if stage == 1 else tc.batch_clips
+            if model.encoder_frozen != (stage == 3):
+                model.freeze_encoder(stage == 3)
             vf = tc.video_frames if T > 1 else max(4, tc.video_frames // 2)
             clips = [sample_clip(clip_seed(tc, it, b), T, tc.size, vf, tc.max_prompts) for b in range(B)]
             for g in optimizer.param_groups:
@@ -198,7 +224,7 @@ def train(out_dir: str | os.PathLike, iterations: int | None = None, resume: boo
             loss = compute_losses(model, clips, tc.loss, py, gen)
             optimizer.zero_grad(set_to_none=True)
             loss.total.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip else torch.zeros(())
+            gnorm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], tc.grad_clip) if tc.grad_clip else torch.zeros(())
             if not torch.isfinite(loss.total):
                 raise FloatingPointError(f"non-finite loss at iteration {it}: {loss.parts}")
             optimizer.step()
@@ -208,7 +234,7 @@ def train(out_dir: str | os.PathLike, iterations: int | None = None, resume: boo
                 running[k] = running.get(k, 0.0) + v
             if it % tc.log_every == 0 or it == end:
                 n = tc.log_every if it % tc.log_every == 0 else max(it % tc.log_every, 1)
-                rec = {"iteration": it, "T": T, "lr": optimizer.param_groups[0]["lr"],
+                rec = {"iteration": it, "stage": stage, "T": T, "lr": optimizer.param_groups[0]["lr"],
                        "wall": round(wall0 + time.time() - t0, 1), **{k: round(v / n, 4) for k, v in running.items()}}
                 history.append(rec)
                 log_file.write(json.dumps(rec) + "\n")
@@ -250,6 +276,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--batch-images", type=int, default=TrainConfig.batch_images)
     ap.add_argument("--batch-clips", type=int, default=TrainConfig.batch_clips)
     ap.add_argument("--stage1-fraction", type=float, default=TrainConfig.stage1_fraction)
+    ap.add_argument("--stage3-iterations", type=int, default=None,
+                    help="last N iterations: stage 3 (long clips, frozen backbone + pixel decoder); may extend a "
+                         "finished run when given with a larger --iterations")
+    ap.add_argument("--stage3-clip-len", type=int, default=TrainConfig.stage3_clip_len)
     ap.add_argument("--checkpoint-minutes", type=float, default=TrainConfig.checkpoint_minutes)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--export", default=None, help="where to write the final .safetensors")
@@ -260,8 +290,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     tc = TrainConfig(iterations=a.iterations or TrainConfig.iterations, seed=a.seed, lr=a.lr, size=a.size, clip_len=a.clip_len,
                      batch_images=a.batch_images, batch_clips=a.batch_clips, stage1_fraction=a.stage1_fraction,
                      checkpoint_minutes=a.checkpoint_minutes)
+    extra = {}
+    if a.stage3_iterations is not None:
+        extra = {"stage3_iterations": a.stage3_iterations, "stage3_clip_len": a.stage3_clip_len}
     summary = train(a.out, a.iterations, resume=not a.no_resume, config=tc, progress=not a.no_progress, threads=a.threads,
-                    export=a.export, checkpoint_minutes=a.checkpoint_minutes)
+                    export=a.export, checkpoint_minutes=a.checkpoint_minutes, **extra)
     print(json.dumps(summary))
     return 0
 
