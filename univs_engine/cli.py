@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+OUTPUT_NAMES = ("tracks.npz", "legend.json", "ids", "masks", "color", "preview.mp4", "results.json")
 TASKS = {"vos": "track", "pvos": "track", "refvos": "track", "vis": "instance", "vss": "semantic", "vps": "panoptic"}
 
 
@@ -81,9 +82,13 @@ def cmd_segment(args) -> int:
 
     from .api import Cancelled, load_model, segment, track
     from .io.video import VideoSource
-    from .io.writers import export_color_pngs, export_id_pngs, export_mask_pngs, export_overlay_video
+    from .io.writers import (export_alpha_video, export_color_pngs, export_id_pngs, export_mask_pngs,
+                             export_overlay_video, write_ytvis_json)
 
     out = Path(args.out)
+    existing = [n for n in OUTPUT_NAMES if (out / n).exists()]
+    if existing and not args.overwrite:  # before the long run, not after it
+        raise FileExistsError(f"{out} already holds {', '.join(existing)}; pass --overwrite to replace them")
     source = VideoSource(args.video)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     model = load_model(args.model, args.text_encoder, args.class_embeddings, args.device, dtype)
@@ -121,8 +126,12 @@ def cmd_segment(args) -> int:
         export_mask_pngs(tracks, out / "masks", overwrite=args.overwrite)
     else:
         export_color_pngs(tracks, out / "color", overwrite=args.overwrite)
+    if args.task == "vis":
+        write_ytvis_json(out / "results.json", tracks, video_id=1, overwrite=args.overwrite)
+    for obj in tracks.object_ids if args.alpha else []:
+        export_alpha_video(tracks, obj, out / f"alpha_{obj}.{args.alpha}", source, overwrite=args.overwrite)
     export_overlay_video(tracks, source, out / "preview.mp4", overwrite=args.overwrite)
-    print(f"wrote {out}/: tracks.npz, legend.json, ids/, preview.mp4 ({len(tracks.object_ids)} objects)")
+    print(f"wrote {out}/ ({len(tracks.object_ids)} objects): " + ", ".join(sorted(p.name for p in out.iterdir())))
     return 0
 
 
@@ -138,6 +147,18 @@ def cmd_train(args) -> int:
     from .training.train import main as train_main
 
     return train_main(args.rest) or 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate_davis_folders, evaluate_ytvis_files
+
+    if args.format == "davis":
+        res = evaluate_davis_folders(args.gt, args.pred, skip_first_last=not args.all_frames)
+    else:
+        res = evaluate_ytvis_files(args.gt, args.pred)
+    for k, v in res.items():
+        print(f"{k:>10} {v:.4f}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stop", type=int)
     s.add_argument("--device", default="cpu")
     s.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    s.add_argument("--alpha", choices=["mov", "webm"], help="also write one alpha video per object "
+                   "(ProRes 4444 .mov or VP9 .webm)")
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     s.set_defaults(func=cmd_segment)
     c = sub.add_parser("convert", help="official .pth -> .safetensors (the source is never modified)")
@@ -171,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--ema", action="store_true", help="take the stage-3 EMA teacher weights")
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(func=cmd_convert)
+    e = sub.add_parser("eval", help="score predictions: DAVIS folders (J&F) or YouTube-VIS JSON (mAP)")
+    e.add_argument("format", choices=["davis", "ytvis"])
+    e.add_argument("--gt", required=True, help="DAVIS: annotation root; YouTube-VIS: annotation JSON")
+    e.add_argument("--pred", required=True, help="DAVIS: prediction root; YouTube-VIS: results JSON")
+    e.add_argument("--all-frames", action="store_true", help="DAVIS: also score the first and last frames")
+    e.set_defaults(func=cmd_eval)
     t = sub.add_parser("train", help="train the small model on the generated video world")
     t.add_argument("rest", nargs=argparse.REMAINDER)
     t.set_defaults(func=cmd_train)
@@ -183,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
+    except (CheckpointError, ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"univs: error: {e}", file=sys.stderr)
         return 2
 
