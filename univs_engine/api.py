@@ -282,8 +282,11 @@ def refine_prompt(model: UniVSModel, feeder: FrameFeeder, position: int, region:
 # ---------------------------------------------------------------------- prompt-guided
 def track(model: UniVSModel, video, prompts: Sequence[Prompt], direction: str = "forward", start: int = 0,
           stop: int | None = None, progress: Callable[[int, int], None] | None = None,
-          cancel: Callable[[], bool] | None = None, preset: str = "vos", seed: int = 0) -> Tracks:
+          cancel: Callable[[], bool] | None = None, preset: str | TaskPreset = "vos", seed: int = 0) -> Tracks:
     """Segment the prompted targets through frames [start, stop) (VOS / PVOS / RefVOS).
+
+    preset: a task name of univs_engine.presets (official settings for the model's backbone) or a
+    TaskPreset, e.g. dataclasses.replace(get_preset("vos", "r50"), clip_len=3) to override one knob.
 
     direction: "forward" from each target's first prompt, "backward" towards `start`, or "both"."""
     source = as_source(video)
@@ -303,7 +306,7 @@ def track(model: UniVSModel, video, prompts: Sequence[Prompt], direction: str = 
     for p in prompts:
         if p.obj_id not in tracks.object_ids:
             tracks.add_object(p.obj_id, label=p.label or (p.text or ""))
-    settings = get_preset(preset, model.cfg.name)
+    settings = preset if isinstance(preset, TaskPreset) else get_preset(preset, model.cfg.name)
     first = min(p.frame for p in prompts)
     last = max(p.frame for p in prompts)
     runs = []
