@@ -122,6 +122,14 @@ def _range_inputs():
     ]
 
 
+def _intermediate_output_flag() -> dict[str, Any]:
+    """``has_intermediate_output`` keeps the editor's frames across a page refresh (ComfyUI >= 0.18)."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(io.Schema)} if dataclasses.is_dataclass(io.Schema) else set()
+    return {"has_intermediate_output": True} if "has_intermediate_output" in names else {}
+
+
 def _linked(cls, index: int) -> bool:
     try:
         return runtime.output_is_linked(cls.hidden.prompt, cls.hidden.unique_id, index)
@@ -225,6 +233,7 @@ class PromptTarget(io.ComfyNode):
                                tooltip="Video frames to show in the prompt editor (queue once to load them)."),
             ],
             outputs=[UniVSPrompts.Output("prompts", tooltip="The chained prompt list.")],
+            **_intermediate_output_flag(),
         )
 
     @classmethod
