@@ -117,7 +117,9 @@ def load_model(checkpoint: str | os.PathLike = "small", text_encoder: str | os.P
     from .modeling.text_encoder import TextPromptEncoder, load_category_embeddings, load_text_encoder
 
     if str(checkpoint) in SMALL_MODEL_NAMES:
-        return _load_small(device, dtype)
+        return _load_small(small_model_path(), device, dtype)
+    if Path(checkpoint).suffix == ".safetensors" and _is_small_format(checkpoint):
+        return _load_small(Path(checkpoint), device, dtype)  # a retrained small model (univs train)
     net = load_checkpoint(checkpoint, use_ema=use_ema)
     model = UniVSModel(net, name=Path(checkpoint).name)
     if text_encoder is not None:
@@ -127,18 +129,27 @@ def load_model(checkpoint: str | os.PathLike = "small", text_encoder: str | os.P
     return model.to(device, dtype)
 
 
-def _load_small(device, dtype) -> UniVSModel:
+def _is_small_format(path) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return (f.metadata() or {}).get("format", "").startswith("univs-small")
+    except Exception:  # noqa: BLE001  unreadable files get the checkpoint loader's clear error instead
+        return False
+
+
+def _load_small(path: Path, device, dtype) -> UniVSModel:
     from .modeling.text_encoder import TextEncoder, TextPromptEncoder
     from .modeling.univs import build_univs
 
-    path = small_model_path()
     state, meta = read_state_dict(path)
     net = build_univs(_small_config(meta))
     weights = {k: v for k, v in state.items() if k.startswith(("backbone.", "sem_seg_head."))}
     net.load_state_dict(weights, strict=True)
     text = TextEncoder(net.cfg.text)
     text.load_state_dict({k[len("text_encoder."):]: v for k, v in state.items() if k.startswith("text_encoder.")})
-    model = UniVSModel(net, TextPromptEncoder(text.eval()), name="univs_small (built-in)")
+    model = UniVSModel(net, TextPromptEncoder(text.eval()), name=path.name)
     if "class_embeddings" in state:
         model.class_embeddings["builtin"] = state["class_embeddings"].float()
         model.vocabulary = meta.get("vocabulary", "").split("|")
