@@ -42,7 +42,7 @@ SWIN_OVERRIDES = {  # Swin stage-3 scripts: memory 6 and top-k 50 for most tasks
 }
 
 # The small embedded model is trained on short, small clips (see models/MODEL_CARD.md).
-SMALL = {task: replace(p, clip_len=3, min_size=192, max_size=512, prompt_tokens=min(p.prompt_tokens, 32))
+SMALL = {task: replace(p, clip_len=3, min_size=192, max_size=512, prompt_tokens=64)
          for task, p in R50.items()}
 
 TASKS = tuple(R50)
