@@ -143,12 +143,6 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
-    from .training.train import main as train_main
-
-    return train_main(args.rest) or 0
-
-
 def cmd_eval(args) -> int:
     from .evaluate import evaluate_davis_folders, evaluate_ytvis_files
 
@@ -200,15 +194,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--pred", required=True, help="DAVIS: prediction root; YouTube-VIS: results JSON")
     e.add_argument("--all-frames", action="store_true", help="DAVIS: also score the first and last frames")
     e.set_defaults(func=cmd_eval)
-    t = sub.add_parser("train", help="train the small model on the generated video world")
-    t.add_argument("rest", nargs=argparse.REMAINDER)
-    t.set_defaults(func=cmd_train)
+    sub.add_parser("train", help="train the small model on the generated video world (univs train --help)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:  # the trainer owns its options (and its --help)
+        from .training.train import main as train_main
+
+        return train_main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
