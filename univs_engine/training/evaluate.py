@@ -151,11 +151,11 @@ def eval_prompt_frame(model, videos, prompt_tokens: int = 256) -> dict:
 
 
 def evaluate(model, text_encoder, class_embeddings, n_videos: int = 16, frames: int = 12, size: int = 128,
-             settings: ClipSettings | None = None, refvos: bool = True) -> dict:
+             settings: ClipSettings | None = None, refvos: bool = True, split: str = "val") -> dict:
     model.eval()
-    videos = _videos(n_videos, frames, size)
+    videos = _videos(n_videos, frames, size, split)
     t0 = time.time()
-    res = {"videos": n_videos, "frames": frames, "size": size}
+    res = {"split": split, "videos": n_videos, "frames": frames, "size": size}
     res.update(eval_vos(model, videos, settings))
     if refvos and text_encoder is not None:
         res.update(eval_refvos(model, text_encoder, videos, settings))
@@ -175,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--clip-len", type=int, default=ClipSettings.clip_len)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-refvos", action="store_true")
+    ap.add_argument("--split", default="val", choices=("val", "test"))
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     if a.weights == "random" or a.weights.endswith(".pt"):
@@ -198,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         model, text, emb, _ = load_shipped(a.weights)
     settings = ClipSettings(clip_len=a.clip_len)
-    res = evaluate(model, text, emb, a.videos, a.frames, a.size, settings, refvos=not a.no_refvos)
+    res = evaluate(model, text, emb, a.videos, a.frames, a.size, settings, refvos=not a.no_refvos, split=a.split)
     print(json.dumps(res, indent=1))
     return 0
 

@@ -281,7 +281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "finished run when given with a larger --iterations")
     ap.add_argument("--stage3-clip-len", type=int, default=TrainConfig.stage3_clip_len)
     ap.add_argument("--checkpoint-minutes", type=float, default=TrainConfig.checkpoint_minutes)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (1 is fastest on a shared 2-core machine: 2 threads oversubscribe)")
+    ap.add_argument("--stop-after", type=int, default=None, help="stop this call after N iterations (resumable)")
     ap.add_argument("--export", default=None, help="where to write the final .safetensors")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
@@ -294,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.stage3_iterations is not None:
         extra = {"stage3_iterations": a.stage3_iterations, "stage3_clip_len": a.stage3_clip_len}
     summary = train(a.out, a.iterations, resume=not a.no_resume, config=tc, progress=not a.no_progress, threads=a.threads,
-                    export=a.export, checkpoint_minutes=a.checkpoint_minutes, **extra)
+                    export=a.export, stop_after=a.stop_after, checkpoint_minutes=a.checkpoint_minutes, **extra)
     print(json.dumps(summary))
     return 0
 
