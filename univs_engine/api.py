@@ -227,7 +227,8 @@ def prompt_to_mask(p: Prompt, height: int, width: int) -> np.ndarray | None:
     labels = list(p.point_labels) or [1] * len(p.points)
     if len(labels) != len(p.points):
         raise ValueError(f"object {p.obj_id}: {len(p.points)} points but {len(labels)} point labels")
-    radius = max(2, round(0.02 * min(height, width)))
+    # clicks become disks of 4% of the short side, as in training; smaller ones can miss every 1/8 cell
+    radius = max(2, round(0.04 * min(height, width)))
     yy, xx = np.ogrid[:height, :width]
     for (x, y), lab in zip(p.points, labels):
         if not (0 <= x < width and 0 <= y < height):
