@@ -1,0 +1,30 @@
+"""Accuracy floors of the shipped small model on held-out generated videos, through the public API and
+the project's metrics. Floors sit a few points under what tools/bench_quality.py measured with these
+exact settings (4 val videos x 10 frames at 128x128; see models/MODEL_CARD.md), so a regression in the
+engine, the presets or the shipped weights fails here."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from bench_quality import held_out, quality_report  # noqa: E402
+
+MEASURED = {"VOS J&F": 0.841, "PVOS J&F": 0.309, "REFVOS J&F": 0.359, "VSS mIoU": 0.366,
+            "VPS VPQ": 0.194, "VPS STQ": 0.304}
+MARGIN = 0.04
+
+
+@pytest.fixture(scope="module")
+def report():
+    from univs_engine.api import load_model
+
+    torch.set_num_threads(2)
+    return quality_report(load_model("small"), held_out(4, 10, 128),
+                          tasks=("vos", "pvos", "refvos", "vss", "vps"))
+
+
+@pytest.mark.parametrize("metric", sorted(MEASURED))
+def test_floor(report, metric):
+    assert report[metric] >= MEASURED[metric] - MARGIN, f"{metric} {report[metric]:.3f}"
