@@ -137,22 +137,6 @@ def select_weights(state: dict[str, torch.Tensor], use_ema: bool) -> dict[str, t
     return out
 
 
-def load_univs_weights(model: torch.nn.Module, path: str | os.PathLike, use_ema: bool = False) -> KeyReport:
-    """Strictly load a checkpoint into `model`; raises CheckpointError with the key report on mismatch."""
-    state, meta = read_state_dict(path)
-    weights = select_weights(state, use_ema)
-    expected = model.state_dict()
-    rep = compare_keys(weights, expected)
-    if not rep.ok:
-        raise CheckpointError(f"checkpoint {path} does not fit the {model.cfg.name} model: {rep.describe()}")
-    # official quirk: cls_temp and reid_temp share storage, the loaded value is reid_temp's
-    key = "sem_seg_head.predictor."
-    if key + "reid_temp.weight" in weights:
-        weights[key + "cls_temp.weight"] = weights[key + "reid_temp.weight"]
-    model.load_state_dict(weights, strict=True)
-    return rep
-
-
 def load_checkpoint(path: str | os.PathLike, use_ema: bool = False, config: str | None = None):
     """Build the right model for a checkpoint and load it -> UniVS (eval mode, fp32, CPU)."""
     from .modeling.univs import build_univs
@@ -166,6 +150,7 @@ def load_checkpoint(path: str | os.PathLike, use_ema: bool = False, config: str 
     if not rep.ok:
         raise CheckpointError(f"checkpoint {path} does not fit the {cfg.name} model config: {rep.describe()}. "
                               f"Is the config right for this file (backbone mismatch)?")
+    # official quirk: cls_temp and reid_temp share storage, so the loaded value is reid_temp's
     key = "sem_seg_head.predictor."
     weights[key + "cls_temp.weight"] = weights[key + "reid_temp.weight"]
     model.load_state_dict(weights, strict=True)
