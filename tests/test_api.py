@@ -126,3 +126,17 @@ def test_bad_videos(tmp_path):
 def test_empty_vocabulary(model, video):
     with pytest.raises(ValueError, match="vocabulary is empty"):
         segment(model, video, "instance", vocabulary=[" ", ""])
+
+
+def test_correct_reruns_only_from_the_correction(model, video):
+    from univs_engine.api import correct
+
+    tracks = track(model, video, [Prompt(1, 0, mask=square(0))])
+    before = [tracks.mask(t, 1).copy() for t in range(5)]
+    seen = []
+    correct(model, video, tracks, [Prompt(1, 5, mask=square(5)), Prompt(2, 6, box=(30, 30, 60, 46))],
+            progress=lambda d, n: seen.append(n))
+    assert seen[-1] == T - 5  # only frames 5.. were processed
+    assert all(np.array_equal(tracks.mask(t, 1), before[t]) for t in range(5))  # earlier frames kept
+    assert np.array_equal(tracks.mask(5, 1), square(5))
+    assert tracks.object_ids == [1, 2] and tracks.frames_with(2)[0] == 6

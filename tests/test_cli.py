@@ -84,3 +84,30 @@ def test_eval_ytvis_json(tmp_path, capsys):
     assert main(["eval", "ytvis", "--gt", str(tmp_path / "gt.json"), "--pred", str(tmp_path / "res.json")]) == 0
     scores = dict(line.split() for line in capsys.readouterr().out.strip().splitlines())
     assert float(scores["AP"]) == pytest.approx(1.0)
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_finished_frames(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from univs_engine.data.synthetic import write_mp4
+
+    frames = np.zeros((400, 96, 128, 3), np.uint8)
+    for t in range(400):
+        frames[t, 20:50, (t % 90):(t % 90) + 30] = 220
+    write_mp4(frames, tmp_path / "long.mp4", fps=25)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "univs_engine.cli", "segment", str(tmp_path / "long.mp4"),
+                             "--box", "0,20,30,50", "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    time.sleep(10)  # model loaded and some frames done, far from the end of 400 frames
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert "stopped" in err
+    tracks = Tracks.load(out / "tracks.npz")
+    done = tracks.frames_with(1)  # frames with a non-empty mask of the target
+    assert done and done[0] == 0 and done[-1] < 399
+    assert (out / "preview.mp4").exists()

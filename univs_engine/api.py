@@ -294,8 +294,11 @@ def refine_prompt(model: UniVSModel, feeder: FrameFeeder, position: int, region:
 # ---------------------------------------------------------------------- prompt-guided
 def track(model: UniVSModel, video, prompts: Sequence[Prompt], direction: str = "forward", start: int = 0,
           stop: int | None = None, progress: Callable[[int, int], None] | None = None,
-          cancel: Callable[[], bool] | None = None, preset: str | TaskPreset = "vos", seed: int = 0) -> Tracks:
+          cancel: Callable[[], bool] | None = None, preset: str | TaskPreset = "vos", seed: int = 0,
+          into: Tracks | None = None) -> Tracks:
     """Segment the prompted targets through frames [start, stop) (VOS / PVOS / RefVOS).
+
+    into: existing Tracks of this video to write into (frames this run covers are replaced).
 
     preset: a task name of univs_engine.presets (official settings for the model's backbone) or a
     TaskPreset, e.g. dataclasses.replace(get_preset("vos", "r50"), clip_len=3) to override one knob.
@@ -314,7 +317,7 @@ def track(model: UniVSModel, video, prompts: Sequence[Prompt], direction: str = 
             raise ValueError(f"object {p.obj_id}: the text expression is empty")
     if direction not in ("forward", "backward", "both"):
         raise ValueError(f"direction must be forward, backward or both, not {direction!r}")
-    tracks = Tracks(source.num_frames, source.height, source.width)
+    tracks = into if into is not None else Tracks(source.num_frames, source.height, source.width)
     for p in prompts:
         if p.obj_id not in tracks.object_ids:
             tracks.add_object(p.obj_id, label=p.label or (p.text or ""))
@@ -341,6 +344,26 @@ def track(model: UniVSModel, video, prompts: Sequence[Prompt], direction: str = 
             if progress:
                 progress(done, total)
     return tracks
+
+
+def correct(model: UniVSModel, video, tracks: Tracks, prompts: Sequence[Prompt], stop: int | None = None,
+            progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
+            preset: str | TaskPreset = "vos", seed: int = 0) -> Tracks:
+    """Add or correct targets from frame f = the earliest new prompt, without re-running frames before f.
+
+    Every target already in `tracks` restarts from its own mask on frame f (or on its first later frame),
+    the new prompts are applied on their frames, and frames >= f are replaced in `tracks` (in place)."""
+    if not prompts:
+        raise ValueError("no prompt given: add at least one target (points, box, mask, scribble or text)")
+    f = min(p.frame for p in prompts)
+    given = {(p.obj_id, p.frame) for p in prompts}
+    carried = []
+    for obj in tracks.object_ids:
+        later = [t for t in tracks.frames_with(obj) if t >= f]
+        if later and (obj, later[0]) not in given:
+            carried.append(Prompt(obj, later[0], tracks.info(obj).label, mask=tracks.mask(later[0], obj)))
+    return track(model, video, carried + list(prompts), "forward", f, stop, progress, cancel, preset, seed,
+                 into=tracks)
 
 
 def _run_prompted(model, source, prompts, order, preset: TaskPreset, seed, cancel, tracks):
