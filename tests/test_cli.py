@@ -94,14 +94,14 @@ def test_ctrl_c_stops_cleanly_and_keeps_finished_frames(tmp_path):
 
     from univs_engine.data.synthetic import write_mp4
 
-    frames = np.zeros((400, 96, 128, 3), np.uint8)
-    for t in range(400):
+    frames = np.zeros((2000, 96, 128, 3), np.uint8)  # far more than 10 s of work
+    for t in range(2000):
         frames[t, 20:50, (t % 90):(t % 90) + 30] = 220
     write_mp4(frames, tmp_path / "long.mp4", fps=25)
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "univs_engine.cli", "segment", str(tmp_path / "long.mp4"),
                              "--box", "0,20,30,50", "--out", str(out)], stderr=subprocess.PIPE, text=True)
-    time.sleep(10)  # model loaded and some frames done, far from the end of 400 frames
+    time.sleep(10)  # model loaded and some frames done
     assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
@@ -109,5 +109,5 @@ def test_ctrl_c_stops_cleanly_and_keeps_finished_frames(tmp_path):
     assert "stopped" in err
     tracks = Tracks.load(out / "tracks.npz")
     done = tracks.frames_with(1)  # frames with a non-empty mask of the target
-    assert done and done[0] == 0 and done[-1] < 399
+    assert done and done[0] == 0 and done[-1] < 1999
     assert (out / "preview.mp4").exists()
