@@ -180,6 +180,8 @@ class LoadUniVS(io.ComfyNode):
         ckpt = runtime.resolve_model_file(folder_paths, checkpoint, "checkpoint")
         if ckpt is None:
             raise ValueError("checkpoint: choose a model file")
+        if ckpt != "small":
+            ckpt = runtime.converted_checkpoint(ckpt)
         te = runtime.resolve_model_file(folder_paths, text_encoder, "text_encoder")
         ce = runtime.resolve_model_file(folder_paths, class_embeddings, "class_embeddings")
         dev = runtime.resolve_device(device, mm)

@@ -82,6 +82,26 @@ def resolve_model_file(folder_paths: Any, name: str, input_name: str) -> str | N
     return path
 
 
+def converted_checkpoint(path: str) -> str:
+    """An official ``.pth`` is converted once to ``.safetensors`` beside it: later loads are faster and read
+    no pickle at all. The ``.pth`` is never modified; an existing ``.safetensors`` is used as it is; a folder
+    that cannot be written keeps using the ``.pth``."""
+    from pathlib import Path
+
+    from univs_engine.checkpoint import convert_checkpoint
+
+    src = Path(path)
+    if src.suffix not in (".pth", ".pt"):
+        return path
+    dst = src.with_suffix(".safetensors")
+    if dst.is_file():
+        return str(dst)
+    try:
+        return str(convert_checkpoint(src, dst))
+    except PermissionError:
+        return path
+
+
 def resolve_device(choice: str, mm: Any) -> torch.device:
     """``auto`` = ComfyUI's torch device (honours --cpu, --directml, ...); ``cpu``; ``gpu`` = ComfyUI's device too."""
     if choice == "cpu":

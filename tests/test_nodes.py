@@ -581,3 +581,22 @@ def test_editor_js_colours_match_engine_colours():
     colours, state = out.stdout.strip().splitlines()
     assert json.loads(colours) == [f"rgb({','.join(map(str, object_color(i)))})" for i in (1, 2, 3, 17, 250)]
     assert json.loads(state) == {"version": 1, "objects": []}
+
+
+def test_official_pth_is_converted_once_beside_itself(tmp_path):
+    import hashlib
+
+    from univs_engine.config import get_config
+    from univs_engine.modeling.univs import build_univs
+    from univs_pack.nodes import runtime
+
+    src = tmp_path / "univs_small_stage3.pth"
+    torch.save({"model": build_univs(get_config("small")).state_dict(), "iteration": 1}, src)
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    out = runtime.converted_checkpoint(str(src))
+    assert out == str(tmp_path / "univs_small_stage3.safetensors")
+    assert hashlib.sha256(src.read_bytes()).hexdigest() == digest  # the user's file is untouched
+    stamp = Path(out).stat().st_mtime_ns
+    assert runtime.converted_checkpoint(str(src)) == out  # second time: reused, not rewritten
+    assert Path(out).stat().st_mtime_ns == stamp
+    assert runtime.converted_checkpoint(out) == out
