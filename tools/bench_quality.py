@@ -81,6 +81,9 @@ def quality_report(model, videos, tasks=("vos", "pvos", "refvos", "vis", "vss", 
     report = {f"{k.upper()} J&F": float(np.mean(vals)) for k, vals in out.items() if vals}
     if "vis" in tasks:
         report["VIS mAP"] = float(evaluate_ytvis(gts, dts, categories=thing_ids)["AP"])
+        # the same tracks with every category merged: how well instances are found and followed
+        report["VIS AP (class-agnostic)"] = float(evaluate_ytvis([(v, 0, m) for v, _, m in gts],
+                                                                 [(v, 0, sc, m) for v, _, sc, m in dts])["AP"])
     if "vss" in tasks:
         report["VSS mIoU"] = float(vss.result()["mIoU"])
     if "vps" in tasks:
