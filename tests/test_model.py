@@ -2,6 +2,7 @@
 and checkpoint loading/conversion with clear errors."""
 import hashlib
 import json
+import os
 import pickle
 
 import pytest
@@ -35,28 +36,31 @@ def test_state_dict_matches_official_manifest(name):
     assert len(ours) == manifest["num_state_dict_entries"]
 
 
+DEVICE = os.environ.get("UNIVS_TEST_DEVICE", "cpu")  # e.g. cuda: the same parity check on a GPU
+
+
 @pytest.fixture(scope="module")
 def r50(make_weights):
     torch.set_num_threads(2)
     model = build_univs(get_config("r50"))
     sd = make_weights.official_effective_state_dict(make_weights.make_state_dict(model.state_dict()))
     model.load_state_dict(sd, strict=True)
-    return model
+    return model.to(DEVICE)
 
 
 @torch.no_grad()
 def test_end_to_end_from_frames_matches_stage_g(r50, make_weights):
     """Stage (g) starting from the normalised frames: encoder + pixel decoder + decoder + clip loop."""
-    frames = load_file(reference_path("univs_r50_a_input.safetensors"))["frames_normalized"]
+    frames = load_file(reference_path("univs_r50_a_input.safetensors"), device=DEVICE)["frames_normalized"]
     e = load_file(reference_path("univs_r50_e_visual_prompt.safetensors"))
     g = load_file(reference_path("univs_r50_g_vos_e2e.safetensors"))
-    emb = make_weights.make_tensor("clip_cls_text_emb", (3938, 640))
+    emb = make_weights.make_tensor("clip_cls_text_emb", (3938, 640)).to(DEVICE)
     loop = PromptedClipLoop(r50, ClipSettings(clip_len=2, prompt_tokens=32), 3, (256, 256), (256, 256),
                             class_embeddings=emb)
     torch.manual_seed(0)
-    mask = e["prompt_mask_frame0"].float()[None]
+    mask = e["prompt_mask_frame0"].float()[None].to(DEVICE)
     out = list(loop.run(lambda a, b: frames[a:b], 1, {0: (torch.tensor([0]), mask)}))
-    logits = torch.stack([o[1] for o in out], 1)
+    logits = torch.stack([o[1] for o in out], 1).cpu()
     assert (logits - g["vos_mask_logits"]).abs().max() < 1e-4
     assert torch.equal(logits > 0, g["vos_masks"] > 0)
 

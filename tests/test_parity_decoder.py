@@ -3,6 +3,8 @@
 Inputs are the official pixel-decoder outputs of stage (c), so these tests isolate the decoder and the
 driver from the image encoder (tested in test_parity_image_encoder.py). Weights: the shared rule.
 """
+import os
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -14,15 +16,16 @@ from univs_engine.modeling.mask_decoder import VideoMaskDecoder
 
 TOL = 1e-4
 PREFIX = "sem_seg_head.predictor."
+DEVICE = os.environ.get("UNIVS_TEST_DEVICE", "cpu")  # e.g. cuda: the same parity checks on a GPU
 
 
 def maxdiff(a, b):
-    return (a - b).abs().max().item()
+    return (a.float().cpu() - b.float().cpu()).abs().max().item()
 
 
 @pytest.fixture(scope="module")
 def ref():
-    return {s: load_file(reference_path(f"univs_r50_{s}.safetensors"))
+    return {s: load_file(reference_path(f"univs_r50_{s}.safetensors"), device=DEVICE)
             for s in ("c_pixel_decoder", "d_decoder_learnable", "e_visual_prompt", "f_text_prompt", "g_vos_e2e")}
 
 
@@ -50,8 +53,8 @@ def setup(ref, make_weights):
     sd = make_weights.make_state_dict({PREFIX + k: v for k, v in dec.state_dict().items()})
     sd = make_weights.official_effective_state_dict(sd)  # the tied cls/reid temperature
     dec.load_state_dict({k[len(PREFIX):]: v for k, v in sd.items()}, strict=True)
-    emb = make_weights.make_tensor("clip_cls_text_emb", (3938, 640))
-    return DecoderOnly(dec, ref["c_pixel_decoder"]).eval(), emb
+    emb = make_weights.make_tensor("clip_cls_text_emb", (3938, 640)).to(DEVICE)
+    return DecoderOnly(dec, ref["c_pixel_decoder"]).to(DEVICE).eval(), emb
 
 
 def fake_frames(a, b):
@@ -59,7 +62,7 @@ def fake_frames(a, b):
 
 
 def levels(model, c):
-    return model.decoder.embed_levels([c[f"multi_scale_{l}"] for l in range(3)], torch.arange(3))
+    return model.decoder.embed_levels([c[f"multi_scale_{l}"] for l in range(3)], torch.arange(3, device=DEVICE))
 
 
 @torch.no_grad()

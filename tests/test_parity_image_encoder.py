@@ -8,6 +8,7 @@ drift by more, so those two use 5e-4 absolute.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 
 import pytest
@@ -26,6 +27,7 @@ torch.set_num_threads(2)
 BACKBONE = "backbone."
 PIXEL_DECODER = "sem_seg_head.pixel_decoder."
 ATOL = 1e-4
+DEVICE = os.environ.get("UNIVS_TEST_DEVICE", "cpu")  # e.g. cuda: the same parity checks on a GPU
 ATOL_CHANNEL_SUM = 5e-4
 LEVELS = ("res2", "res3", "res4", "res5")
 
@@ -34,12 +36,12 @@ def fill_(module: torch.nn.Module, prefix: str, make_weights) -> torch.nn.Module
     """Fill with the shared rule; it seeds by the FULL checkpoint key, so prefix, generate, strip."""
     sd = make_weights.make_state_dict({prefix + k: v for k, v in module.state_dict().items()})
     module.load_state_dict({k[len(prefix):]: v for k, v in sd.items()}, strict=True)
-    return module.eval()
+    return module.to(DEVICE).eval()
 
 
 def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
     assert a.shape == b.shape, (a.shape, b.shape)
-    return (a.float() - b.float()).abs().max().item()
+    return (a.float().cpu() - b.float().cpu()).abs().max().item()
 
 
 def state_entries(module: torch.nn.Module, prefix: str):
@@ -74,7 +76,7 @@ def test_state_dict_matches_manifest(name):
 @pytest.fixture(scope="module")
 def r50_backbone_out(make_weights):
     backbone = fill_(build_image_encoder(get_config("r50")), BACKBONE, make_weights)
-    frames = load_file(reference_path("univs_r50_a_input.safetensors"))["frames_normalized"]
+    frames = load_file(reference_path("univs_r50_a_input.safetensors"), device=DEVICE)["frames_normalized"]
     with torch.no_grad():
         return backbone(frames)
 
@@ -102,7 +104,7 @@ def _check_pixel_decoder(ref, mask_features, maps, frames):
 
 def test_r50_pixel_decoder_parity_frame0(r50_pixel_decoder):
     """From the stored stage-(b) tensors: isolates the pixel decoder from the backbone."""
-    b = load_file(reference_path("univs_r50_b_backbone.safetensors"))
+    b = load_file(reference_path("univs_r50_b_backbone.safetensors"), device=DEVICE)
     ref = load_file(reference_path("univs_r50_c_pixel_decoder.safetensors"))
     feats = dict(res2=b["res2_frame0"], res3=b["res3_frame0"], res4=b["res4"][:1], res5=b["res5"][:1])
     with torch.no_grad():
@@ -122,7 +124,7 @@ def test_r50_backbone_to_pixel_decoder_all_frames(r50_pixel_decoder, r50_backbon
 
 def test_pixel_decoder_ignores_autocast(r50_pixel_decoder, r50_backbone_out):
     feats = {k: v[:1].to(torch.bfloat16) for k, v in r50_backbone_out.items()}
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast(torch.device(DEVICE).type, dtype=torch.bfloat16):
         mask_features, maps = r50_pixel_decoder.forward_features(feats)
     assert mask_features.dtype == torch.float32 and all(m.dtype == torch.float32 for m in maps)
 
@@ -136,7 +138,7 @@ def test_swint_backbone_and_pixel_decoder_parity(make_weights):
     assert isinstance(backbone, SwinTransformer) and backbone.out_channels == (96, 192, 384, 768)
     decoder = fill_(MSDeformAttnPixelDecoder(cfg, backbone.out_channels), PIXEL_DECODER, make_weights)
     ref = load_file(reference_path("univs_swint_bde_small.safetensors"))
-    frame0 = load_file(reference_path("univs_r50_a_input.safetensors"))["frames_normalized"][:1]
+    frame0 = load_file(reference_path("univs_r50_a_input.safetensors"), device=DEVICE)["frames_normalized"][:1]
     with torch.no_grad():
         feats = backbone(frame0)
         mask_features, maps = decoder.forward_features(feats)
