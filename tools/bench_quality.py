@@ -54,7 +54,8 @@ def quality_report(model, videos, tasks=("vos", "pvos", "refvos", "vis", "vss", 
         if "pvos" in tasks:  # things and stuff regions, each prompted on the first frame by its mask
             segs = [s for s in video.segments if (video.panoptic[0] == s.id).any()]
             masks = np.stack([video.panoptic == s.id for s in segs])
-            tr = track(model, video.frames, [Prompt(k + 1, 0, mask=m[0]) for k, m in enumerate(masks)], preset="pvos")
+            tr = track(model, video.frames, [Prompt(k + 1, 0, CLASSES[s.category], mask=m[0])
+                                             for k, (s, m) in enumerate(zip(segs, masks))], preset="pvos")
             out["pvos"].append(_prompted(video, tr, list(range(1, len(segs) + 1)), masks, [0] * len(segs)).JF)
         if "vis" in tasks:
             tr = segment(model, video.frames, "instance")

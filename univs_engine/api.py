@@ -366,6 +366,20 @@ def correct(model: UniVSModel, video, tracks: Tracks, prompts: Sequence[Prompt],
                  into=tracks)
 
 
+def _stuff_help(model: UniVSModel, ids: list[int], labels: dict[int, str]):
+    """PVOS: targets whose label names a stuff class of the model's vocabulary (or VIPSeg's, for the
+    official models) get that class's pixels of the semantic map; None when no vocabulary is at hand."""
+    from .inference.vos import StuffHelp
+
+    try:
+        names, emb, things = resolve_vocabulary(model, None if model.vocabulary else "vipseg")
+    except (ValueError, KeyError):
+        return None
+    stuff = {n.lower(): k for k, (n, t) in enumerate(zip(names, things)) if not t}
+    cls = torch.tensor([stuff.get(labels.get(i, "").strip().lower(), -1) for i in ids])
+    return StuffHelp(emb.to(model.device), cls) if (cls >= 0).any() else None
+
+
 def _run_prompted(model, source, prompts, order, preset: TaskPreset, seed, cancel, tracks):
     """One pass over `order` (frame indices). Visual and text targets run as separate clip loops."""
     feeder = FrameFeeder(source, model, preset, order)
@@ -388,7 +402,10 @@ def _run_prompted(model, source, prompts, order, preset: TaskPreset, seed, cance
             ann[k][0].append(ids.index(p.obj_id))
             ann[k][1].append(region)
         annotations = {k: (torch.tensor(i), torch.stack(m)) for k, (i, m) in ann.items()}
-        loops.append((ids, dict(annotations=annotations)))
+        kw = dict(annotations=annotations)
+        if preset.stuff_from_semantics:
+            kw["stuff"] = _stuff_help(model, ids, {p.obj_id: p.label for p in visual})
+        loops.append((ids, kw))
     if text:
         if model.text is None:
             raise ValueError("text prompts need the CLIP text-encoder file: pass text_encoder= to load_model "

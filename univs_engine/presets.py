@@ -24,6 +24,7 @@ class TaskPreset:
     overlap: float = 0.8
     class_threshold: float = 0.25
     topk: int = 35
+    stuff_from_semantics: bool = False  # PVOS: stuff targets take their class's pixels of the semantic map
 
 
 R50 = {
@@ -33,7 +34,7 @@ R50 = {
     "vps": TaskPreset(prompt_tokens=64, nms=0.75, new_object=0.05, consistency=0.05, overlap=0.6,
                       class_threshold=0.15, topk=100),
     "vos": TaskPreset(prompt_tokens=256),
-    "pvos": TaskPreset(prompt_tokens=256),
+    "pvos": TaskPreset(prompt_tokens=256, stuff_from_semantics=True),
     "refvos": TaskPreset(prompt_tokens=32, self_attn_mask="sep-blocked"),
 }
 

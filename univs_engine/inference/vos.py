@@ -40,6 +40,16 @@ class ClipSettings:
 
 
 @dataclass
+class StuffHelp:
+    """PVOS: stuff targets are helped by the semantic map of the learnable queries, as the official
+    PVOS driver does. class_embeddings [K, D]; labels [N] class index of each target if it is stuff,
+    else -1."""
+
+    class_embeddings: torch.Tensor
+    labels: torch.Tensor
+
+
+@dataclass
 class TextTargets:
     """Referring expressions: sentence [N, D] and word features [N, 77, D]."""
 
@@ -114,7 +124,8 @@ class PromptedClipLoop:
     @torch.no_grad()
     def run(self, frames: Callable[[int, int], torch.Tensor], num_targets: int,
             annotations: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
-            text: TextTargets | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+            text: TextTargets | None = None,
+            stuff: StuffHelp | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """Yield (frame index, logits [N, Hp, Wp], embds [N, C]) for every frame in order."""
         T, s, L = self.s.clip_len, min(self.s.stride, self.s.clip_len), self.num_frames
         annotations = annotations or {}
@@ -135,8 +146,8 @@ class PromptedClipLoop:
             n = min(T, L - i)
             feats = self._features(frames, cache, i, n)
             self._write_targets(state, i, n, s, annotations)
-            out = self._decode(state, feats, i, n, s, text)
-            self._write_predictions(state, out, i, n, text is not None)
+            out = self._decode(state, feats, i, n, s, text, stuff)
+            self._write_predictions(state, out, i, n, text is not None, stuff)
             self._hook("state", call=i, state=state)
             done = range(i, i + n) if is_last else range(i, i + min(s, n))
             for f in done:
@@ -183,7 +194,7 @@ class PromptedClipLoop:
             st.boxes[idx, j] = box / torch.tensor([Wp, Hp, Wp, Hp], device=st.boxes.device)
             st.first_frames[idx] = f
 
-    def _decode(self, st: TrackState, feats, i, n, s, text: TextTargets | None):
+    def _decode(self, st: TrackState, feats, i, n, s, text: TextTargets | None, stuff: StuffHelp | None):
         mask_features, multi = feats
         dec = self.model.decoder
         frame_idx = torch.arange(i, i + n, device=mask_features.device)
@@ -192,10 +203,11 @@ class PromptedClipLoop:
             prompts = dec.text_prompt_queries(text.sentence, text.words, levels)
         else:
             prompts = self._visual_prompts(st, levels, i, n, s)
-        # visual prompts never attend to the learnable queries ('sep' masks): skip them; text prompts
-        # borrow a learnable query's mask (l4p) and need them
-        return dec(levels, mask_features, prompts, self.class_embeddings, self.s.self_attn_mask,
-                   learnable=text is not None)
+        # visual prompts never attend to the learnable queries ('sep' masks): skip them, unless text
+        # prompts borrow a learnable query's mask (l4p) or stuff targets read their semantic map
+        classes = stuff.class_embeddings if stuff is not None else self.class_embeddings
+        return dec(levels, mask_features, prompts, classes, self.s.self_attn_mask,
+                   learnable=text is not None or stuff is not None)
 
     def _visual_prompts(self, st: TrackState, levels, i, n, s) -> PromptQueries:
         """Re-encode the clip's older frames from the current masks into the memory pool, then read it."""
@@ -223,7 +235,21 @@ class PromptedClipLoop:
         self._hook("prompt_queries", call=i, prompts=prompts)
         return prompts
 
-    def _write_predictions(self, st: TrackState, out, i, n, is_text: bool):
+    def _semantic_map(self, out) -> torch.Tensor:
+        """Class per pixel from the learnable queries -> [n, Hp, Wp]: argmax_c sum_q p[q,c] q_q sigmoid(m_q).
+        Queries are upsampled a few at a time so N x Hp x Wp maps never exist at once."""
+        Ql = out.num_learnable
+        h, w = self.image_size
+        up = lambda x: F.interpolate(x, self.padded_size, mode="bilinear", align_corners=False)  # noqa: E731
+        chunks = [slice(a, min(a + 16, Ql)) for a in range(0, Ql, 16)]
+        quality = torch.cat([mask_quality(up(out.pred_masks[c])[..., :h, :w]) for c in chunks])
+        probs = out.pred_logits[:Ql].float().sigmoid() * quality[:, None]
+        sem = torch.zeros(probs.shape[1], out.pred_masks.shape[1], *self.padded_size, device=probs.device)
+        for c in chunks:
+            sem += torch.einsum("qc,qthw->cthw", probs[c], up(out.pred_masks[c].float()).sigmoid())
+        return sem.argmax(0)
+
+    def _write_predictions(self, st: TrackState, out, i, n, is_text: bool, stuff: StuffHelp | None = None):
         """Turn the clip's prompt-query predictions into state (the official write_predictions)."""
         Ql = out.num_learnable
         low = out.pred_masks[Ql:]                       # [N, n, H4, W4]
@@ -234,15 +260,17 @@ class PromptedClipLoop:
         quality = mask_quality(masks[..., :h, :w])
         embds = out.pred_embds[Ql:]
         self._hook("clip_output", call=i, out=out)
+        sem = self._semantic_map(out) if stuff is not None and (stuff.labels >= 0).any() else None
+        labels = stuff.labels if sem is not None else None
         ff = st.first_frames
         first = (ff >= i) & (ff < i + n)
         if first.any():
-            self._assign_first(st, first, masks, boxes, embds, quality, i, n, is_text)
+            self._assign_first(st, first, masks, boxes, embds, quality, i, n, is_text, sem, labels)
         seen = (ff < i) & (ff != -1)
         if seen.any():
-            self._accumulate_seen(st, seen, masks, boxes, embds, quality, n, is_text)
+            self._accumulate_seen(st, seen, masks, boxes, embds, quality, n, is_text, sem, labels)
 
-    def _assign_first(self, st, first, masks, boxes, embds, quality, i, n, is_text):
+    def _assign_first(self, st, first, masks, boxes, embds, quality, i, n, is_text, sem=None, labels=None):
         """Targets first appearing in this clip: take the prediction after their prompt frame."""
         idx = torch.nonzero(first).flatten()
         faf = st.first_frames[idx] - (i + n)            # negative position of the prompt frame
@@ -262,12 +290,15 @@ class PromptedClipLoop:
             keep = iou > 0.15 * area.clamp(max=1)
         for k, obj in enumerate(idx.tolist()):
             start = int(faf[k]) + (0 if is_text else 1)  # the prompt frame itself keeps its given mask
-            if not keep[k] or start == 0:
+            is_stuff = labels is not None and int(labels[obj]) >= 0
+            if (not keep[k] and not is_stuff) or start == 0:
                 continue
+            if is_stuff:  # the semantic map claims the stuff class's pixels for this target
+                m[k, start:][sem[start:] == labels[obj]] = 10.0
             st.logits[obj, start:] = m[k, start:]
             st.boxes[obj, start:] = boxes[obj, start:]
 
-    def _accumulate_seen(self, st, seen, masks, boxes, embds, quality, n, is_text):
+    def _accumulate_seen(self, st, seen, masks, boxes, embds, quality, n, is_text, sem=None, labels=None):
         """Targets seen before this clip: consistent predictions add their logits to the clip frames."""
         idx = torch.nonzero(seen).flatten()
         sim = temporal_consistency(st.embds[idx, -self.s.window:], embds[idx])
@@ -277,7 +308,13 @@ class PromptedClipLoop:
         sim = sim * ok
         if not is_text:
             original = (m > 0).flatten(1).sum(1).clamp(min=1)
-            winner = self._compete(m, m.sigmoid() * (sim ** 2 * q).view(-1, 1, 1, 1))
+            prob = m.sigmoid()
+            for k, obj in enumerate(idx.tolist()):
+                if labels is not None and int(labels[obj]) >= 0:  # stuff: the semantic map's pixels are certain
+                    region = sem == labels[obj]
+                    prob[k][region] = 1.0
+                    m[k][region] = 10.0
+            winner = self._compete(m, prob * (sim ** 2 * q).view(-1, 1, 1, 1))
             area = winner.flatten(1).sum(1)
             winner = winner * ((area / original > 0.25) & (area > 0)).view(-1, 1, 1, 1)
             m = m * winner
