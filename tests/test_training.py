@@ -151,3 +151,49 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.equal(torch.load(dst)["x"], torch.zeros(3))  # previous checkpoint intact
     assert sorted(p.name for p in dst.parent.iterdir()) == ["last.pt"]  # no temp files left
+
+
+def test_token_rows_extension_trains_only_used_rows_and_folds_at_export(tmp_path):
+    """A finished run extended with --train-token-rows (and a new class weight): only the rows of the
+    synthetic vocabulary change, the exported file keeps its keys, and a resumed extension is exact."""
+    from safetensors import safe_open
+
+    from univs_engine.training.export import load_shipped
+
+    base = train(tmp_path / "a", config=_tiny_config(), progress=False, threads=None)
+    with safe_open(base["export"], "pt") as f:
+        keys0 = set(f.keys())
+        table0 = f.get_tensor("text_encoder.token_embedding.weight")
+    for run, stop in (("b", None), ("c", 1)):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "last.pt").write_bytes((tmp_path / "a" / "last.pt").read_bytes())
+        kw = dict(progress=False, threads=None, token_rows=True, w_cls=6.0, stage3_iterations=3)
+        out = train(tmp_path / run, iterations=5, stop_after=stop, **kw)
+        if stop:
+            out = train(tmp_path / run, progress=False, threads=None)
+        assert out["iteration"] == 5
+    wb, wc = _weights(tmp_path / "b" / "last.pt"), _weights(tmp_path / "c" / "last.pt")
+    assert "token_delta" in wb and wb.keys() == wc.keys()
+    for k in wb:
+        assert torch.equal(wb[k], wc[k]), k
+    state = load_training_checkpoint(tmp_path / "b" / "last.pt")
+    assert state["train_config"]["loss"]["w_cls"] == 6.0 and state["train_config"]["token_rows"]
+    with safe_open(out["export"], "pt") as f:
+        assert set(f.keys()) == keys0
+        table = f.get_tensor("text_encoder.token_embedding.weight")
+    changed = (table != table0).any(1).nonzero().flatten()
+    ids = wb["token_delta_ids"]
+    assert len(changed) > 0 and set(changed.tolist()) <= set(ids.tolist()) and len(ids) < 200
+    _, text, emb, names = load_shipped(out["export"])
+    assert emb.shape == (13, 128) and len(names) == 13
+
+
+def test_class_separation_penalty_is_opt_in():
+    torch.manual_seed(0)
+    model = TrainingModel(get_config("small"))
+    clip = sample_clip(5, 1, size=64, video_frames=4, max_prompts=1)
+    off = compute_losses(model, [clip], LossConfig(**FAST_LOSS), random.Random(0), torch.Generator().manual_seed(0))
+    on = compute_losses(model, [clip], LossConfig(**FAST_LOSS, w_class_sep=1.0), random.Random(0),
+                        torch.Generator().manual_seed(0))
+    assert "class_sep" not in off.parts and on.parts["class_sep"] > 0
+    assert torch.isclose(on.total, off.total + on.parts["class_sep"], rtol=1e-4)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import UniVSConfig
-from ..data.synthetic import CLASSES
+from ..data.synthetic import CLASSES, COLOURS, MOTIONS, SIZES, TEXTURES
 from ..modeling.image_encoder import build_image_encoder
 from ..modeling.mask_decoder import PromptQueries
 from ..modeling.position_encoding import frame_phase
@@ -47,6 +47,8 @@ class LossConfig:
     templates: int = 6           # templates averaged per step for category / sentence features (81 at export)
     deep_supervision: bool = True
     reid_temperature: float = 0.1
+    w_class_sep: float = 0.0     # > 0: penalise category embeddings closer than `class_sep_margin` (cosine)
+    class_sep_margin: float = 0.3
 
 
 class TrainingModel(nn.Module):
@@ -70,7 +72,47 @@ class TrainingModel(nn.Module):
         self.encoder_frozen = False
         self.class_names = list(CLASSES)
         self.register_buffer("category_ids", tokenize_categories(self.class_names), persistent=False)
+        self.token_delta = None  # see enable_token_delta
         self.train()
+
+    # ------------------------------------------------------------------ token rows
+    def vocabulary_token_ids(self) -> torch.Tensor:
+        """Sorted ids of every token the synthetic world's text uses: the 81 templates around the class
+        names, and the words of the referring expressions (CLIP's BPE splits words independently, so the
+        word list covers every expression)."""
+        words = ["the", "at", "on", "top", "bottom", "left", "right", *SIZES, *COLOURS, *TEXTURES, *MOTIONS,
+                 *self.class_names]
+        texts = [PROMPT_TEMPLATES[j].replace("{}", " ".join(words)) for j in range(NUM_TEMPLATES)]
+        ids = torch.cat([self.category_ids.flatten(), tokenize(texts).flatten()]).unique()
+        return ids[ids > 0]
+
+    def enable_token_delta(self) -> None:
+        """Make the token-table rows of `vocabulary_token_ids` trainable, as a learnable delta table
+        [n, width] (zeros at start) added to those rows by a forward hook on the (still frozen) token table;
+        export folds it back into the table (`folded_token_table`). Registers the parameter `token_delta`
+        and the buffer `token_delta_ids` (both in the state dict)."""
+        if self.token_delta is not None:
+            return
+        emb = self.text.token_embedding
+        ids = self.vocabulary_token_ids().to(emb.weight.device)
+        self.register_buffer("token_delta_ids", ids)
+        self.token_delta = nn.Parameter(emb.weight.new_zeros(len(ids), emb.weight.shape[1]))
+        remap = torch.full((emb.weight.shape[0],), len(ids), dtype=torch.long, device=emb.weight.device)
+        remap[ids] = torch.arange(len(ids), device=ids.device)
+        self.register_buffer("_token_remap", remap, persistent=False)
+
+        def hook(module, inputs, output):
+            table = F.pad(self.token_delta, (0, 0, 0, 1))  # the last row (tokens outside the set) stays zero
+            return output + table[self._token_remap[inputs[0]]].to(output.dtype)
+
+        emb.register_forward_hook(hook)
+
+    def folded_token_table(self) -> torch.Tensor:
+        """The token table with the learnable delta rows added (the table itself when there is none)."""
+        w = self.text.token_embedding.weight.detach().clone()
+        if self.token_delta is not None:
+            w[self.token_delta_ids] += self.token_delta.detach().to(w.dtype)
+        return w
 
     # ------------------------------------------------------------------ text
     def category_embeddings(self, templates: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -268,4 +310,9 @@ def compute_losses(model: TrainingModel, clips: list[Clip], lc: LossConfig, rng:
     total = (lc.w_bce * (parts["bce"] + parts["p_bce"]) + lc.w_dice * (parts["dice"] + parts["p_dice"])
              + lc.w_cls * (parts["cls"] + parts["p_cls"]) + lc.w_text_cls * parts["text_cls"]
              + lc.w_reid * parts["reid"])
+    if lc.w_class_sep > 0:
+        e = F.normalize(class_emb, dim=-1)
+        off = ~torch.eye(len(e), dtype=torch.bool, device=e.device)
+        parts["class_sep"] = F.relu((e @ e.t())[off] - lc.class_sep_margin).pow(2).mean()
+        total = total + lc.w_class_sep * parts["class_sep"]
     return LossOutput(total, {k: float(v.detach()) for k, v in parts.items()})

@@ -41,6 +41,8 @@ def export_tensors(model: TrainingModel, text_dtype: torch.dtype = torch.float16
         key = "sem_seg_head.predictor."
         sd[key + "reid_temp.weight"] = sd[key + "cls_temp.weight"].clone()
         for k, v in model.text.state_dict().items():
+            if k == "token_embedding.weight":  # learnable delta rows (if any) folded back into the table
+                v = model.folded_token_table()
             sd[TEXT_PREFIX + k] = v.detach().to("cpu", text_dtype).clone()
         sd[CLASS_EMBEDDINGS_KEY] = model.category_embeddings(None).detach().float().cpu()
     finally:
@@ -73,6 +75,8 @@ def export_checkpoint(ckpt: str | os.PathLike, dst: str | os.PathLike, extra_met
     state = load_training_checkpoint(ckpt)
     tc = TrainConfig.from_dict(state["train_config"])
     model = build_training_model(tc)
+    if "token_delta" in state["model"]:
+        model.enable_token_delta()
     model.load_state_dict(state["model"])
     meta = {"iterations": str(state["iteration"]), "train_wall_time_s": f"{state.get('wall_time', 0):.0f}"}
     meta.update(extra_metadata or {})

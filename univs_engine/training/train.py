@@ -57,6 +57,8 @@ class TrainConfig:
     stage3_iterations: int = 0      # the last N iterations: long clips, frozen encoder (part of `iterations`)
     stage3_clip_len: int = 5
     stage3_lr_ratio: float = 0.2    # stage-3 lr = lr * ratio, cosine to a tenth of that
+    token_rows: bool = False        # train the token-table rows the synthetic text uses (a delta table)
+    token_lr_mult: float = 10.0     # learning-rate multiplier of those rows
     loss: LossConfig = field(default_factory=LossConfig)
 
     @classmethod
@@ -178,23 +180,42 @@ def train(out_dir: str | os.PathLike, iterations: int | None = None, resume: boo
         tc.seed = int(seed)
     # a resumed run keeps its config, except logging and the stage-3 extension of the schedule
     resumable = ("checkpoint_minutes", "checkpoint_every", "log_every", "stage3_iterations", "stage3_clip_len",
-                 "stage3_lr_ratio")
+                 "stage3_lr_ratio", "token_rows", "token_lr_mult")
+    loss_fields = {f.name for f in fields(LossConfig)}
     for k, v in overrides.items():
-        if state is None or k in resumable:
+        if k in loss_fields:  # loss weights etc. (may change on resume, e.g. for a fine-tuning extension)
+            setattr(tc.loss, k, v)
+        elif state is None or k in resumable:
             setattr(tc, k, v)
     if not 0 <= tc.stage3_iterations <= tc.iterations:
         raise ValueError("stage3_iterations must lie in [0, iterations]")
 
     model = build_training_model(tc)
     optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=(0.9, 0.999))
+
+    def add_token_rows() -> None:
+        # its own parameter group (added last, so earlier optimizer states still load)
+        model.enable_token_delta()
+        optimizer.add_param_group({"params": [model.token_delta], "weight_decay": 0.0, "lr_mult": tc.token_lr_mult})
+
     py = random.Random(tc.seed)
     gen = torch.Generator().manual_seed(tc.seed)
     start, history, wall = 0, [], 0.0
     if state is not None:
+        had_rows = "token_delta" in state["model"]
+        if had_rows:
+            add_token_rows()
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if tc.token_rows and not had_rows:  # fine-tuning extension of a run trained without them
+            add_token_rows()
         _set_rng_state(state["rng"], py, gen)
         start, history, wall = int(state["iteration"]), list(state["history"]), float(state.get("wall_time", 0.0))
+    elif tc.token_rows:
+        add_token_rows()
+    for g in optimizer.param_groups:
+        if "lr_mult" in g:
+            g["lr_mult"] = tc.token_lr_mult
     model.train()
     (out / "train_config.json").write_text(json.dumps(asdict(tc), indent=1))
 
@@ -220,7 +241,7 @@ def train(out_dir: str | os.PathLike, iterations: int | None = None, resume: boo
             vf = tc.video_frames if T > 1 else max(4, tc.video_frames // 2)
             clips = [sample_clip(clip_seed(tc, it, b), T, tc.size, vf, tc.max_prompts) for b in range(B)]
             for g in optimizer.param_groups:
-                g["lr"] = tc.lr * lr_factor(it, tc)
+                g["lr"] = tc.lr * lr_factor(it, tc) * g.get("lr_mult", 1.0)
             loss = compute_losses(model, clips, tc.loss, py, gen)
             optimizer.zero_grad(set_to_none=True)
             loss.total.backward()
@@ -285,6 +306,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="torch CPU threads (1 is fastest on a shared 2-core machine: 2 threads oversubscribe)")
     ap.add_argument("--stop-after", type=int, default=None, help="stop this call after N iterations (resumable)")
     ap.add_argument("--export", default=None, help="where to write the final .safetensors")
+    ap.add_argument("--train-token-rows", action="store_true",
+                    help="also train the token-table rows the synthetic vocabulary and expressions use (a learnable "
+                         "delta table, folded into the table at export); may be switched on when resuming")
+    ap.add_argument("--token-lr-mult", type=float, default=None,
+                    help=f"learning-rate multiplier of those rows (default {TrainConfig.token_lr_mult})")
+    ap.add_argument("--w-cls", type=float, default=None,
+                    help=f"classification loss weight (default {LossConfig.w_cls}); may be changed when resuming")
+    ap.add_argument("--w-class-sep", type=float, default=None,
+                    help="weight of a penalty on category embeddings with cosine above 0.3 (default 0: off)")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     if a.size % 32:
@@ -295,6 +325,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     extra = {}
     if a.stage3_iterations is not None:
         extra = {"stage3_iterations": a.stage3_iterations, "stage3_clip_len": a.stage3_clip_len}
+    if a.train_token_rows:
+        extra["token_rows"] = True
+    if a.token_lr_mult is not None:
+        extra["token_lr_mult"] = a.token_lr_mult
+    if a.w_cls is not None:
+        extra["w_cls"] = a.w_cls
+    if a.w_class_sep is not None:
+        extra["w_class_sep"] = a.w_class_sep
     summary = train(a.out, a.iterations, resume=not a.no_resume, config=tc, progress=not a.no_progress, threads=a.threads,
                     export=a.export, stop_after=a.stop_after, checkpoint_minutes=a.checkpoint_minutes, **extra)
     print(json.dumps(summary))
