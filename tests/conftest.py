@@ -24,3 +24,26 @@ def make_weights():
     finally:
         sys.path.pop(0)
     return mw
+
+
+def load_pack():
+    """The node pack imported as package ``univs_pack`` (never as top-level ``nodes``: ComfyUI owns that)."""
+    import importlib.util
+
+    import torch
+
+    if "univs_pack" in sys.modules:
+        return sys.modules["univs_pack"]
+    try:  # with ComfyUI on the path: make it start in CPU mode when there is no GPU (as `main.py --cpu`)
+        import comfy.cli_args
+
+        if not torch.cuda.is_available():
+            comfy.cli_args.args.cpu = True
+    except ImportError:
+        pass
+    spec = importlib.util.spec_from_file_location("univs_pack", ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["univs_pack"] = mod
+    spec.loader.exec_module(mod)
+    return mod

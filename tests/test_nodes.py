@@ -4,7 +4,6 @@ The pack folder is imported as a package named ``univs_pack`` (never as top-leve
 """
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import re
@@ -18,23 +17,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def load_pack():
-    if "univs_pack" in sys.modules:
-        return sys.modules["univs_pack"]
-    try:  # with ComfyUI on the path: make it start in CPU mode when there is no GPU (as `main.py --cpu`)
-        import comfy.cli_args
-
-        if not torch.cuda.is_available():
-            comfy.cli_args.args.cpu = True
-    except ImportError:
-        pass
-    spec = importlib.util.spec_from_file_location("univs_pack", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["univs_pack"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
+from conftest import load_pack  # noqa: E402
 
 pack = load_pack()
 from univs_pack.nodes import convert as C  # noqa: E402

@@ -7,9 +7,7 @@ The engine is replaced by small fakes where a real model would be needed, so the
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,23 +20,7 @@ pytest.importorskip("folder_paths")
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def load_pack():
-    if "univs_pack" in sys.modules:
-        return sys.modules["univs_pack"]
-    try:  # with ComfyUI on the path: make it start in CPU mode when there is no GPU (as `main.py --cpu`)
-        import comfy.cli_args
-
-        if not torch.cuda.is_available():
-            comfy.cli_args.args.cpu = True
-    except ImportError:
-        pass
-    spec = importlib.util.spec_from_file_location("univs_pack", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["univs_pack"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
+from conftest import load_pack  # noqa: E402
 
 pack = load_pack()
 import comfy.model_management as mm  # noqa: E402
