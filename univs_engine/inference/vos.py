@@ -7,7 +7,7 @@ the clip starting at it has run, and is then handed to the caller and dropped fr
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
@@ -93,7 +93,6 @@ class TrackState:
     embds: torch.Tensor
     end: int = 0                # frames [0, end) have state
     memory: PromptMemory | None = None
-    hooks: dict = field(default_factory=dict)
 
     @property
     def masks(self) -> torch.Tensor:
