@@ -1,7 +1,7 @@
 """Quality of a model on the held-out split of the generated world, per task, through the public API
 and the metrics of univs_engine.metrics (the same path a user takes).
 
-    python tools/bench_quality.py [--model small] [--videos 8] [--frames 12] [--size 128]
+    python tools/bench_quality.py [--model small] [--videos 8] [--frames 12] [--size 128] [--split val|test]
 
 Prints VOS / PVOS / RefVOS J&F, VIS mAP, VSS mIoU, VPS VPQ and STQ. `quality_report` is reused by
 tests/test_quality.py, which asserts floors a few points under the numbers in the model card.
@@ -14,11 +14,11 @@ import time
 import numpy as np
 
 
-def held_out(n_videos: int, frames: int, size: int):
+def held_out(n_videos: int, frames: int, size: int, split: str = "val"):
     from univs_engine.data.synthetic import generate_video, split_seeds
 
     return [generate_video(seed, num_frames=frames, height=size, width=size)
-            for seed in split_seeds("val", n_videos)]
+            for seed in split_seeds(split, n_videos)]
 
 
 def _prompted(video, tracks, ids, gts, first_frames):
@@ -100,6 +100,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=12)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--tasks", default="vos,pvos,refvos,vis,vss,vps")
+    ap.add_argument("--split", default="val", choices=("val", "test"),
+                    help="held-out split (presets were tuned on val; report test)")
     args = ap.parse_args()
     import torch
 
@@ -107,10 +109,10 @@ def main() -> None:
 
     torch.set_num_threads(2)
     model = load_model(args.model)
-    videos = held_out(args.videos, args.frames, args.size)
+    videos = held_out(args.videos, args.frames, args.size, args.split)
     t = time.perf_counter()
     report = quality_report(model, videos, tuple(args.tasks.split(",")))
-    print(f"held-out generated world: {args.videos} videos x {args.frames} frames at {args.size}x{args.size}, "
+    print(f"held-out generated world ({args.split}): {args.videos} videos x {args.frames} frames at {args.size}x{args.size}, "
           f"model {args.model} ({time.perf_counter() - t:.0f} s)")
     for k, v in report.items():
         print(f"{k:>12} {v:.3f}")
