@@ -350,14 +350,13 @@ class PropagateMasks(io.ComfyNode):
             rng = S.frame_range(start_frame, end_frame, source.num_frames)
             eprompts = P.to_engine_prompts(prompts, num_frames=source.num_frames, height=source.height,
                                            width=source.width, start=rng.start, stop=rng.stop)
-            if text_only := all(p.text for p in eprompts):
+            if any(p.text for p in eprompts):
                 if not handle.has_text_encoder:
                     raise ValueError("prompts: text prompts need a text encoder; load the built-in model or pick "
                                      "the official text_encoder file in 'Load UniVS Model'")
-            chosen = preset if preset != "auto" else ("refvos" if text_only else "vos")
             total = len(rng) * (2 if direction == "both" else 1)
             tracks = _run_engine(track, handle, total, video=source, prompts=eprompts, direction=direction,
-                                 start=rng.start, stop=rng.stop, preset=chosen)
+                                 start=rng.start, stop=rng.stop, preset=preset)
             if getattr(tracks, "fps", None) is None:
                 tracks.fps = float(source.fps)
         finally:

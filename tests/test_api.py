@@ -140,3 +140,12 @@ def test_correct_reruns_only_from_the_correction(model, video):
     assert all(np.array_equal(tracks.mask(t, 1), before[t]) for t in range(5))  # earlier frames kept
     assert np.array_equal(tracks.mask(5, 1), square(5))
     assert tracks.object_ids == [1, 2] and tracks.frames_with(2)[0] == 6
+
+
+def test_auto_preset_uses_the_referring_settings_for_text_only_prompts():
+    from univs_engine.api import auto_preset
+
+    box = (2, 2, 10, 10)
+    assert auto_preset([Prompt(1, 0, text="the red circle"), Prompt(2, 3, text="the star")]) == "refvos"
+    assert auto_preset([Prompt(1, 0, text="the red circle"), Prompt(2, 0, box=box)]) == "vos"
+    assert auto_preset([Prompt(1, 0, box=box)]) == "vos"

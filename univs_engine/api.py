@@ -292,16 +292,23 @@ def refine_prompt(model: UniVSModel, feeder: FrameFeeder, position: int, region:
 
 
 # ---------------------------------------------------------------------- prompt-guided
+def auto_preset(prompts: Sequence[Prompt]) -> str:
+    """The task preset for a set of prompts: refvos (the official referring settings) when every prompt is
+    a text expression, vos otherwise."""
+    return "refvos" if prompts and all(p.text is not None for p in prompts) else "vos"
+
+
 def track(model: UniVSModel, video, prompts: Sequence[Prompt], direction: str = "forward", start: int = 0,
           stop: int | None = None, progress: Callable[[int, int], None] | None = None,
-          cancel: Callable[[], bool] | None = None, preset: str | TaskPreset = "vos", seed: int = 0,
+          cancel: Callable[[], bool] | None = None, preset: str | TaskPreset = "auto", seed: int = 0,
           into: Tracks | None = None) -> Tracks:
     """Segment the prompted targets through frames [start, stop) (VOS / PVOS / RefVOS).
 
     into: existing Tracks of this video to write into (frames this run covers are replaced).
 
-    preset: a task name of univs_engine.presets (official settings for the model's backbone) or a
-    TaskPreset, e.g. dataclasses.replace(get_preset("vos", "r50"), clip_len=3) to override one knob.
+    preset: a task name of univs_engine.presets (official settings for the model's backbone), "auto"
+    (refvos when every prompt is text, else vos) or a TaskPreset, e.g.
+    dataclasses.replace(get_preset("vos", "r50"), clip_len=3) to override one knob.
 
     direction: "forward" from each target's first prompt, "backward" towards `start`, or "both"."""
     source = as_source(video)
@@ -321,6 +328,8 @@ def track(model: UniVSModel, video, prompts: Sequence[Prompt], direction: str = 
     for p in prompts:
         if p.obj_id not in tracks.object_ids:
             tracks.add_object(p.obj_id, label=p.label or (p.text or ""))
+    if preset == "auto":
+        preset = auto_preset(prompts)
     settings = preset if isinstance(preset, TaskPreset) else get_preset(preset, model.cfg.name)
     first = min(p.frame for p in prompts)
     last = max(p.frame for p in prompts)
@@ -348,7 +357,7 @@ def track(model: UniVSModel, video, prompts: Sequence[Prompt], direction: str = 
 
 def correct(model: UniVSModel, video, tracks: Tracks, prompts: Sequence[Prompt], stop: int | None = None,
             progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
-            preset: str | TaskPreset = "vos", seed: int = 0) -> Tracks:
+            preset: str | TaskPreset = "auto", seed: int = 0) -> Tracks:
     """Add or correct targets from frame f = the earliest new prompt, without re-running frames before f.
 
     Every target already in `tracks` restarts from its own mask on frame f (or on its first later frame),
