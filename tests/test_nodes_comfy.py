@@ -214,7 +214,7 @@ def test_propagate_masks_converts_inputs_and_reports_progress(monkeypatch):
     images = torch.rand(5, 8, 10, 3)
     tracks, masks = N.PropagateMasks.execute(model=_handle(), prompts=prompts, images=images, direction="forward",
                                              start_frame=1, end_frame=3).args
-    assert calls["start"] == 1 and calls["stop"] == 4 and calls["preset"] == "vos" and calls["direction"] == "forward"
+    assert calls["start"] == 1 and calls["stop"] == 4 and calls["preset"] == "auto" and calls["direction"] == "forward"
     assert calls["prompts"][0].box == (1.0, 1.0, 4.0, 4.0)
     assert masks.shape == (3, 8, 10) and masks[0].sum() == 4 and tracks.fps == 24.0
     assert updates[-1] == (3, 3)
