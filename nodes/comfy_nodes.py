@@ -66,8 +66,7 @@ def _open_frames(images: Any, video: Any, fps: float | None = None):
     if images is not None and video is not None:
         raise ValueError("images / video: connect only one of them (IMAGE batch or VIDEO)")
     if images is not None:
-        frames = torch.from_numpy(convert.image_to_uint8(images, "images"))
-        return VideoSource(frames, fps=fps or 24.0, prefetch=0), None
+        return convert.image_batch_source(images, "images", fps=fps or 24.0), None
     path, temporary = runtime.video_to_path(video, folder_paths.get_temp_directory())
     try:
         rate = float(video.get_frame_rate()) if hasattr(video, "get_frame_rate") else None
@@ -530,7 +529,7 @@ class OverlayPreview(io.ComfyNode):
         rng = S.frame_range(start_frame, end_frame, tracks.num_frames)
         frames = None
         if images is not None:
-            frames = convert.ImageBatchFrames(images, "images")
+            frames = convert.image_batch_source(images, "images")
             if (frames.height, frames.width) != (tracks.height, tracks.width):
                 raise ValueError(f"images: {frames.width}x{frames.height} frames do not match the tracks ({tracks.width}x{tracks.height})")
             if frames.num_frames < rng.stop:
@@ -663,7 +662,7 @@ class TracksToSEGS(io.ComfyNode):
             frames = list(S.frame_range(start_frame, end_frame, tracks.num_frames))
         getter = None
         if images is not None:
-            src = convert.ImageBatchFrames(images, "images")
+            src = convert.image_batch_source(images, "images")
             getter = lambda i: src.frame(i) if i < src.num_frames else None  # noqa: E731
         return io.NodeOutput(S.build_segs(tracks, ids, frames, crop_factor, drop_size, getter))
 

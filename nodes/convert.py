@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ __all__ = [
     "parse_vocabulary",
     "parse_expressions",
     "parse_int_list",
-    "ImageBatchFrames",
+    "image_batch_source",
 ]
 
 
@@ -92,66 +92,14 @@ def uint8_to_image(frames: Any) -> torch.Tensor:
     return t.to(torch.float32).div_(255.0)
 
 
-class ImageBatchFrames:
-    """Lazy uint8 view of an IMAGE batch, duck-typed like ``univs_engine.io.VideoSource``.
+def image_batch_source(image: Any, name: str = "images", fps: float = 30.0):
+    """IMAGE batch -> ``univs_engine.io.VideoSource`` that converts one frame at a time to uint8 (a whole-batch
+    conversion would add a uint8 copy of the clip)."""
+    from univs_engine.io.video import VideoSource
 
-    Converting a whole float32 batch at once would add a uint8 copy of the clip; this hands out one frame at a
-    time (``num_frames``, ``height``, ``width``, ``fps``, ``frame(i)``, ``iter_frames(start, stop, step)``).
-    """
-
-    kind = "array"
-
-    def __init__(self, image: Any, name: str = "images", fps: float = 30.0) -> None:
-        self._image = _check_image(image, name)
-        self.name = name
-        self.fps = float(fps)
-
-    @property
-    def num_frames(self) -> int:
-        return int(self._image.shape[0])
-
-    @property
-    def height(self) -> int:
-        return int(self._image.shape[1])
-
-    @property
-    def width(self) -> int:
-        return int(self._image.shape[2])
-
-    def __len__(self) -> int:
-        return self.num_frames
-
-    def frame(self, i: int) -> np.ndarray:
-        i = int(i)
-        if not 0 <= i < self.num_frames:
-            raise IndexError(f"{self.name}: frame index {i} out of range [0, {self.num_frames})")
-        return _frame_to_uint8(self._image[i])
-
-    __getitem__ = frame
-
-    def indices(self, start: int | None = None, stop: int | None = None, step: int = 1) -> range:
-        n = self.num_frames
-        if step > 0:
-            a = 0 if start is None else max(0, int(start))
-            b = n if stop is None else min(n, int(stop))
-        else:
-            a = n - 1 if start is None else min(n - 1, int(start))
-            b = -1 if stop is None else max(-1, int(stop))
-        return range(a, b, step)
-
-    def iter_frames(self, start: int | None = None, stop: int | None = None, step: int = 1) -> Iterator[tuple[int, np.ndarray]]:
-        for i in self.indices(start, stop, step):
-            yield i, self.frame(i)
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        for _i, f in self.iter_frames():
-            yield f
-
-    def to_numpy(self) -> np.ndarray:
-        return image_to_uint8(self._image, self.name)
-
-    def close(self) -> None:
-        pass
+    image = _check_image(image, name)
+    return VideoSource.from_callable(lambda i: _frame_to_uint8(image[i]), image.shape[0], image.shape[1],
+                                     image.shape[2], fps=fps, name=name)
 
 
 # =============================================================================================== masks

@@ -113,12 +113,14 @@ def test_uint8_round_trip_and_lazy_frames():
     img = C.uint8_to_image(frames)
     assert img.dtype == torch.float32 and img.shape == (5, 6, 7, 3)
     assert np.array_equal(C.image_to_uint8(img), frames)
-    lazy = C.ImageBatchFrames(img)
+    lazy = C.image_batch_source(img)
     assert (lazy.num_frames, lazy.height, lazy.width) == (5, 6, 7)
     assert [i for i, _ in lazy.iter_frames(3, -1, -1)] == [3, 2, 1, 0]
     assert np.array_equal(lazy.frame(4), frames[4])
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match="images: frame index 5"):
         lazy.frame(5)
+    clips = list(lazy.iter_clips(2))
+    assert [ids for ids, _ in clips] == [[0, 1], [2, 3], [4]] and np.array_equal(clips[1][1], frames[2:4])
 
 
 def test_masks_normalise_and_pick_frames():

@@ -120,6 +120,30 @@ def _prefetched(make_iter: Callable[[], Iterator[T]], depth: int) -> Iterator[T]
 
 
 # =============================================================================================== backends
+class _CallableBackend:
+    """Frames produced on demand by a function of the index (e.g. converted one at a time from a float batch)."""
+
+    kind = "array"
+
+    def __init__(self, get_frame: Callable[[int], np.ndarray], num_frames: int, height: int, width: int,
+                 fps: float, name: str) -> None:
+        if num_frames <= 0:
+            raise ValueError(f"{name}: empty video (0 frames)")
+        if height <= 0 or width <= 0:
+            raise ValueError(f"{name}: frames have zero size {[height, width]}")
+        self._get = get_frame
+        self.name = name
+        self.num_frames, self.height, self.width = int(num_frames), int(height), int(width)
+        self.fps = float(fps) if fps else 30.0
+
+    def frame(self, i: int) -> np.ndarray:
+        return self._get(i)
+
+    def read(self, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
+        for i in indices:
+            yield i, self.frame(i)
+
+
 class _ArrayBackend:
     """Frames held in memory by the caller: uint8 ``[T, H, W, 3]`` numpy array or torch tensor."""
 
@@ -520,6 +544,16 @@ class VideoSource:
                 raise FileNotFoundError(f"video source not found: {path}")
         else:
             raise TypeError(f"unsupported video source type {type(source).__name__}")
+
+    @classmethod
+    def from_callable(cls, get_frame: Callable[[int], np.ndarray], num_frames: int, height: int, width: int, *,
+                      fps: float = 30.0, name: str = "frames") -> "VideoSource":
+        """A source whose frame ``i`` is ``get_frame(i)`` (uint8 ``[height, width, 3]`` RGB), e.g. a float image
+        batch converted one frame at a time instead of copied whole."""
+        src = cls.__new__(cls)
+        src._prefetch = 0
+        src._b = _CallableBackend(get_frame, num_frames, height, width, fps, name)
+        return src
 
     # ----------------------------------------------------------------------------------------- properties
     @property
