@@ -4,6 +4,7 @@ and semantic labels on hand-made inputs, the Tracks driver and cancellation. Tin
 import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -593,3 +594,30 @@ def test_real_small_model_end_to_end(emb):
     tracks = run_category_task(net, "panoptic", lambda a, b: vid[a:b], emb, None, THINGS, s, num_frames=5,
                                image_size=IMG, padded_size=HW, out_size=(30, 28))
     assert tracks.num_frames == 5 and len(tracks) > 0
+
+
+def test_preset_pe_variant_runs_as_a_model_configured_with_it(model, emb):
+    """Swin-L VIS runs FixedT (official launch scripts) on a checkpoint whose config says ArbitraryT: the
+    setting must give exactly what a FixedT-configured model gives, and differ from ArbitraryT."""
+    import copy
+
+    from univs_engine.presets import get_preset
+
+    assert EntitySettings.from_preset("instance", get_preset("vis", "swinl")).pe_variant == "FixedT"
+    assert EntitySettings.from_preset("instance", get_preset("vis", "swinb")).pe_variant == "ArbitraryT"
+    L = 8
+    vid = video(L)
+
+    def run(m, **kw):
+        s = EntitySettings.for_task("instance", clip_len=3, prompt_tokens=8, memory_frames=2, stability=0.0,
+                                    class_threshold=0.02, **kw)
+        tr = run_category_task(m, "instance", lambda a, b: vid[a:b], emb, None, THINGS, s, num_frames=L,
+                               image_size=IMG, padded_size=HW, out_size=HW)
+        return {o: np.stack([tr.mask(f, o) for f in range(L)]) for o in tr.object_ids}
+
+    fixed_model = copy.deepcopy(model)
+    fixed_model.cfg = fixed_model.dec.cfg = model.cfg.with_(pe_variant="FixedT")
+    by_setting, by_config, arbitrary = run(model, pe_variant="FixedT"), run(fixed_model), run(model)
+    assert by_setting.keys() == by_config.keys()
+    assert all(np.array_equal(by_setting[o], by_config[o]) for o in by_setting)
+    assert by_setting.keys() != arbitrary.keys() or any(not np.array_equal(by_setting[o], arbitrary[o]) for o in by_setting)

@@ -83,6 +83,7 @@ class EntitySettings:
     # The official later-clip detection never adds an entity while none is tracked (its overlap test sees
     # an empty tensor), so a video whose first clip finds nothing stays empty. True lifts that.
     detect_after_empty_start: bool = True
+    pe_variant: str | None = None   # 3D position encoding; None = the model config's (ArbitraryT)
 
     def __post_init__(self):
         if self.task not in _ALIASES:
@@ -134,7 +135,7 @@ class EntitySettings:
                   prompt_tokens=preset.prompt_tokens, self_attn_mask=preset.self_attn_mask,
                   box_nms=preset.nms, new_object=preset.new_object, consistency=preset.consistency,
                   stability=preset.stability, overlap=preset.overlap, class_threshold=preset.class_threshold,
-                  topk=preset.topk)
+                  topk=preset.topk, pe_variant=preset.pe_variant)
         kw.update(overrides)
         return cls(**kw)
 
@@ -436,15 +437,15 @@ class EntityClipLoop:
     def _decode(self, feats, i, n, stride):
         mask_features, multi = feats
         dec = self.model.decoder
-        levels = dec.embed_levels(multi, torch.arange(i, i + n, device=mask_features.device))
+        levels = dec.embed_levels(multi, torch.arange(i, i + n, device=mask_features.device), self.s.pe_variant)
         st = self.state
         prompts = self._visual_prompts(st, levels, i, n, stride) if st is not None and st.num > 0 else None
         return dec(levels, mask_features, prompts, self.class_embeddings, self.s.self_attn_mask)
 
     def _phase(self, absolute: int, slot: int, n: int, device) -> torch.Tensor:
-        cfg = self.model.cfg
-        z = frame_phase(torch.tensor([absolute], device=device), n, cfg.pe_variant, cfg.num_frames_pe)
-        return z[min(slot, z.shape[0] - 1)] if cfg.pe_variant == "FixedT" else z[0]
+        variant = self.s.pe_variant or self.model.cfg.pe_variant
+        z = frame_phase(torch.tensor([absolute], device=device), n, variant, self.model.cfg.num_frames_pe)
+        return z[min(slot, z.shape[0] - 1)] if variant == "FixedT" else z[0]
 
     def _masks_at(self, st: EntityState, j: int, rows=None) -> torch.Tensor:
         """Binary masks (float) of state frame j (negative index) at the padded resolution."""
@@ -724,7 +725,7 @@ class SemanticClipLoop:
                 return
             n = min(T, L - i)
             mask_features, multi = _frame_features(self.model, frames, cache, i, n, T, L)
-            levels = dec.embed_levels(multi, torch.arange(i, i + n, device=mask_features.device))
+            levels = dec.embed_levels(multi, torch.arange(i, i + n, device=mask_features.device), self.s.pe_variant)
             out = dec(levels, mask_features, None, self.class_embeddings, self.s.self_attn_mask)
             Ql = dec.num_queries
             probs = out.pred_logits[:Ql].float().sigmoid()

@@ -97,11 +97,13 @@ class VideoMaskDecoder(nn.Module):
         self.lang2vision_cross_attention_layer = CrossAttentionLayer(C, heads)
 
     # ------------------------------------------------------------------ inputs
-    def embed_levels(self, multi_scale: list[torch.Tensor], frame_indices: torch.Tensor) -> Levels:
-        """multi_scale: 3 maps [T, C, h, w] (1/32, 1/16, 1/8) -> flattened src + level embed, 3D pos."""
+    def embed_levels(self, multi_scale: list[torch.Tensor], frame_indices: torch.Tensor,
+                     pe_variant: str | None = None) -> Levels:
+        """multi_scale: 3 maps [T, C, h, w] (1/32, 1/16, 1/8) -> flattened src + level embed, 3D pos.
+        pe_variant overrides the config's temporal encoding (the official Swin-L VIS runs use FixedT)."""
         src, pos, sizes = [], [], []
         T = multi_scale[0].shape[0]
-        z = frame_phase(frame_indices, T, self.cfg.pe_variant, self.cfg.num_frames_pe)
+        z = frame_phase(frame_indices, T, pe_variant or self.cfg.pe_variant, self.cfg.num_frames_pe)
         for i, x in enumerate(multi_scale):
             h, w = x.shape[-2:]
             sizes.append((h, w))
