@@ -149,3 +149,25 @@ def test_auto_preset_uses_the_referring_settings_for_text_only_prompts():
     assert auto_preset([Prompt(1, 0, text="the red circle"), Prompt(2, 3, text="the star")]) == "refvos"
     assert auto_preset([Prompt(1, 0, text="the red circle"), Prompt(2, 0, box=box)]) == "vos"
     assert auto_preset([Prompt(1, 0, box=box)]) == "vos"
+
+
+def test_frame_feeder_streams_backward_runs_without_seeking(model, monkeypatch):
+    """A backward pass reads the file as one reverse stream (random access would seek per frame); frames
+    far ahead of the stream (a prompt frame refined first) still come by random access."""
+    from pathlib import Path
+
+    from univs_engine.api import FrameFeeder
+    from univs_engine.presets import get_preset
+
+    src = VideoSource(Path(__file__).resolve().parents[1] / "assets" / "sample.mp4")
+    order = list(range(30, -1, -1))
+    expected = {k: src.frame(f) for k, f in enumerate(order)}
+    seeks = []
+    real = src.frame
+    monkeypatch.setattr(src, "frame", lambda i: seeks.append(i) or real(i))
+    feeder = FrameFeeder(src, model, get_preset("vos", model.cfg.name), order)
+    assert np.array_equal(feeder._frame_at(25), expected[25]) and seeks == [order[25]]
+    for k in range(len(order)):
+        assert np.array_equal(feeder._frame_at(k), expected[k])
+    assert seeks == [order[25]]
+    feeder.close()

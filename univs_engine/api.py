@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -166,6 +166,9 @@ def _small_config(meta) -> UniVSConfig:
 
 
 # ---------------------------------------------------------------------- video plumbing
+_STREAM_KEEP = 8  # frames a FrameFeeder keeps after streaming them (clip windows look back a few frames)
+
+
 class FrameFeeder:
     """Reads frames [start, stop) of a source on demand and preprocesses them like the official model
     (resize shortest edge, normalise, pad). Indices given to frames() are positions in the run, which
@@ -173,9 +176,37 @@ class FrameFeeder:
 
     def __init__(self, source: VideoSource, model: UniVSModel, preset: TaskPreset, order: Sequence[int]):
         self.source, self.model, self.preset, self.order = source, model, preset, list(order)
-        first = self.source.frame(self.order[0])
-        x, self.image_size = self._prep(first[None])
+        # A run visits consecutive frames (forwards or backwards): one decoding stream serves them, where
+        # random access would seek per frame (a backward pass over a file would decode each GOP again).
+        step = self.order[1] - self.order[0] if len(self.order) > 1 else 1
+        self._contiguous = abs(step) == 1 and self.order == list(range(self.order[0], self.order[-1] + step, step))
+        self._stream: Iterator | None = None
+        self._next = 0                       # run position the stream yields next
+        self._recent: dict[int, np.ndarray] = {}
+        x, self.image_size = self._prep(self._frame_at(0)[None])
         self.padded_size = tuple(x.shape[-2:])
+
+    def _frame_at(self, k: int) -> np.ndarray:
+        """Frame at run position k: from the stream when k is at or just ahead of it, else random access
+        (e.g. a prompt frame far ahead, refined before the loop starts)."""
+        if k in self._recent:
+            return self._recent[k]
+        if self._contiguous and self._next <= k < self._next + _STREAM_KEEP:
+            if self._stream is None:
+                step = 1 if len(self.order) < 2 else self.order[1] - self.order[0]
+                self._stream = self.source.iter_frames(self.order[0], self.order[-1] + step, step)
+            while self._next <= k:
+                self._recent[self._next] = next(self._stream)[1]
+                self._recent.pop(self._next - _STREAM_KEEP, None)
+                self._next += 1
+            return self._recent[k]
+        return self.source.frame(self.order[k])
+
+    def close(self) -> None:
+        """Stop the decoding stream (and its reader thread)."""
+        if self._stream is not None and hasattr(self._stream, "close"):
+            self._stream.close()
+        self._stream, self._recent = None, {}
 
     def _prep(self, frames: np.ndarray):
         p, cfg = self.preset, self.model.cfg
@@ -184,7 +215,7 @@ class FrameFeeder:
         return x.to(self.model.device), size
 
     def __call__(self, a: int, b: int) -> torch.Tensor:
-        frames = np.stack([self.source.frame(self.order[k]) for k in range(a, b)])
+        frames = np.stack([self._frame_at(k) for k in range(a, b)])
         return self._prep(frames)[0]
 
     def to_padded(self, mask: np.ndarray) -> torch.Tensor:
@@ -392,6 +423,13 @@ def _stuff_help(model: UniVSModel, ids: list[int], labels: dict[int, str]):
 def _run_prompted(model, source, prompts, order, preset: TaskPreset, seed, cancel, tracks):
     """One pass over `order` (frame indices). Visual and text targets run as separate clip loops."""
     feeder = FrameFeeder(source, model, preset, order)
+    try:
+        yield from _run_loops(model, source, prompts, order, preset, seed, cancel, tracks, feeder)
+    finally:
+        feeder.close()
+
+
+def _run_loops(model, source, prompts, order, preset: TaskPreset, seed, cancel, tracks, feeder: FrameFeeder):
     position = {f: k for k, f in enumerate(order)}
     visual = [p for p in prompts if p.frame in position and p.text is None]
     text = [p for p in prompts if p.frame in position and p.text is not None]
@@ -450,9 +488,12 @@ def segment(model: UniVSModel, video, task: str = "instance", vocabulary: Sequen
     stop = source.num_frames if stop is None else stop
     preset = get_preset({"instance": "vis", "semantic": "vss", "panoptic": "vps"}[task], model.cfg.name)
     feeder = FrameFeeder(source, model, preset, range(start, stop))
-    with model.autocast():
-        return entity.run_category_task(model.net, task, feeder, embeddings.to(model.device), names, things,
-                                        preset, progress=progress, cancel=cancel, cancelled=Cancelled)
+    try:
+        with model.autocast():
+            return entity.run_category_task(model.net, task, feeder, embeddings.to(model.device), names, things,
+                                            preset, progress=progress, cancel=cancel, cancelled=Cancelled)
+    finally:
+        feeder.close()
 
 
 def resolve_vocabulary(model: UniVSModel, vocabulary):
