@@ -221,3 +221,41 @@ def test_entity_check_reports_things_and_stuff_apart():
     assert res["entity_class_acc_stuff"] >= 0.9
     assert 0.0 <= res["entity_class_acc_things"] <= 1.0
     assert res["entity_mIoU_stuff"] >= 0.85 and res["entity_mIoU_things"] >= 0.5
+
+
+def test_stage0_schedule_precedes_the_main_schedule():
+    tc = TrainConfig(iterations=1000, pretrain_iterations=200, stage3_iterations=100, stage1_fraction=0.5, warmup=50)
+    stages = [train_mod.stage_of(i, tc) for i in range(1000)]
+    assert stages[:200] == [0] * 200 and stages[200:550] == [1] * 350 and stages[550:900] == [2] * 350
+    assert stages[900:] == [3] * 100
+    lr = [train_mod.lr_factor(i, tc) * tc.lr for i in range(1000)]
+    assert lr[100] == pytest.approx(tc.pretrain_lr)
+    # the main warmup starts where stage 0 ends, as in a run without stage 0
+    plain = TrainConfig(iterations=800, stage3_iterations=100, stage1_fraction=0.5, warmup=50)
+    assert [train_mod.lr_factor(i + 200, tc) for i in range(700)] == [train_mod.lr_factor(i, plain) for i in range(700)]
+
+
+def test_stage0_crops_are_the_things_and_teach_the_backbone():
+    from univs_engine.data.synthetic import generate_video
+    from univs_engine.training.data import CROP_SIZE, sample_crops
+
+    crops, labels = sample_crops(11, 128)
+    video = generate_video(11, num_frames=1, height=128, width=128)
+    visible = [int(t.category) for i, t in enumerate(video.things) if video.masks[i, 0].sum() >= 10]
+    assert crops.shape == (len(visible), 3, CROP_SIZE, CROP_SIZE) and labels.tolist() == visible
+    torch.manual_seed(0)
+    model = TrainingModel(get_config("small"), crop_head=True)
+    x, y = (torch.cat(t) for t in zip(*[sample_crops(s, 128) for s in range(4)]))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = model.crop_loss(x, y)
+    for _ in range(15):
+        loss = model.crop_loss(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        assert float(model.crop_loss(x, y)) < 0.7 * float(first.detach())
+    # the head is a training device: an exported model has no trace of it
+    from univs_engine.training.export import export_tensors
+
+    assert not any("crop_head" in k for k in export_tensors(model))

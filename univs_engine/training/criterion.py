@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import UniVSConfig
-from ..data.synthetic import CLASSES, COLOURS, MOTIONS, SIZES, TEXTURES
+from ..data.synthetic import CLASSES, COLOURS, MOTIONS, NUM_THING_CLASSES, SIZES, TEXTURES
 from ..modeling.image_encoder import build_image_encoder
 from ..modeling.mask_decoder import PromptQueries
 from ..modeling.position_encoding import frame_phase
@@ -54,12 +54,15 @@ class LossConfig:
 class TrainingModel(nn.Module):
     """`univs` (the UniVS network, trainable batch norm in the backbone) and `text` (the text tower)."""
 
-    def __init__(self, cfg: UniVSConfig, norm: str = "BN"):
+    def __init__(self, cfg: UniVSConfig, norm: str = "BN", crop_head: bool = False):
         super().__init__()
         self.cfg = cfg
         self.univs: UniVS = build_univs(cfg)
         if norm != "FrozenBN":  # the small model is trained from scratch: trainable normalisation
             self.univs.backbone = build_image_encoder(cfg, norm=norm)
+        # stage 0 (crop classification, see crop_loss): a linear head on the pooled last backbone map,
+        # not exported
+        self.crop_head = nn.Linear(self.univs.backbone.out_channels[-1], NUM_THING_CLASSES) if crop_head else None
         self.text = TextEncoder(cfg.text)
         # The 49408-row token table would dominate the step time (dense gradient + AdamW over 6.3M
         # values) while the synthetic vocabulary uses a few hundred rows: it stays at its random init,
@@ -160,6 +163,14 @@ class TrainingModel(nn.Module):
         if getattr(self, "encoder_frozen", False):
             self.univs.backbone.eval()
         return self
+
+    def crop_loss(self, crops: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Stage 0: cross-entropy of the thing class of object crops [N, 3, h, w] (RGB 0..255) from the
+        backbone's pooled last map. It stands in for the ImageNet pre-training of the official backbones:
+        trained from scratch on the synthetic world, the masks alone never teach the backbone shapes."""
+        m = self.univs
+        last = m.backbone((crops - m.pixel_mean) / m.pixel_std)["res5"]
+        return F.cross_entropy(self.crop_head(last.mean((2, 3))), labels)
 
     def encode(self, frames: torch.Tensor):
         """RGB 0..255 frames [B, 3, H, W] (H, W multiples of 32) -> encode_frames outputs."""

@@ -119,3 +119,30 @@ def sample_clip(seed: int, T: int, size: int = 128, video_frames: int = 8, max_p
     start = int(rng.integers(0, video.num_frames - T + 1))
     offset = int(rng.integers(0, max_frame_offset + 1))
     return make_clip(video, start, T, rng, max_prompts=max_prompts, frame_offset=offset)
+
+
+CROP_SIZE = 64
+
+
+def sample_crops(seed: int, size: int = 128, crop: int = CROP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage-0 data: every well visible thing of the first frame of training video `seed`, cut out as a
+    square around its centre (1.5x its extent, edge-padded) and resized to crop x crop ->
+    (RGB 0..255 crops [N, 3, crop, crop], thing labels [N])."""
+    import cv2
+
+    video = generate_video(seed, num_frames=1, height=size, width=size)
+    frame = video.frames[0]
+    crops, labels = [], []
+    for i, thing in enumerate(video.things):
+        ys, xs = np.nonzero(video.masks[i, 0])
+        if len(ys) < 10:
+            continue
+        r = int(0.75 * max(np.ptp(ys), np.ptp(xs))) + 2
+        pad = np.pad(frame, ((r, r), (r, r), (0, 0)), mode="edge")
+        cy, cx = int(ys.mean()), int(xs.mean())
+        crops.append(cv2.resize(pad[cy:cy + 2 * r, cx:cx + 2 * r], (crop, crop), interpolation=cv2.INTER_AREA))
+        labels.append(int(thing.category))
+    if not crops:
+        return torch.zeros(0, 3, crop, crop), torch.zeros(0, dtype=torch.long)
+    return (torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float(),
+            torch.tensor(labels, dtype=torch.long))

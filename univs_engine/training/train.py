@@ -28,7 +28,7 @@ import torch
 from ..config import get_config
 from ..data.synthetic import SPLIT_SIZE
 from .criterion import LossConfig, TrainingModel, compute_losses
-from .data import sample_clip
+from .data import sample_clip, sample_crops
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -59,6 +59,9 @@ class TrainConfig:
     stage3_lr_ratio: float = 0.2    # stage-3 lr = lr * ratio, cosine to a tenth of that
     token_rows: bool = False        # train the token-table rows the synthetic text uses (a delta table)
     token_lr_mult: float = 10.0     # learning-rate multiplier of those rows
+    pretrain_iterations: int = 0    # stage 0, the first N iterations: the backbone names object crops
+    pretrain_lr: float = 3e-3       # (constant, after a short warmup)
+    pretrain_videos: int = 8        # training videos whose things are cropped per stage-0 iteration
     loss: LossConfig = field(default_factory=LossConfig)
 
     @classmethod
@@ -99,21 +102,27 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def main_iterations(tc: TrainConfig) -> int:
-    """Iterations of stages 1-2 (the warmup + cosine schedule)."""
+    """End of stages 1-2 (the warmup + cosine schedule, which starts after stage 0)."""
     return tc.iterations - tc.stage3_iterations
 
 
 def stage_of(it: int, tc: TrainConfig) -> int:
+    if it < tc.pretrain_iterations:
+        return 0
     if it >= main_iterations(tc):
         return 3
-    return 1 if it < int(tc.stage1_fraction * main_iterations(tc)) else 2
+    first = tc.pretrain_iterations
+    return 1 if it - first < int(tc.stage1_fraction * (main_iterations(tc) - first)) else 2
 
 
 def lr_factor(it: int, tc: TrainConfig) -> float:
     main = main_iterations(tc)
+    if it < tc.pretrain_iterations:
+        return tc.pretrain_lr / tc.lr * min(1.0, (it + 1) / 50)
     if it >= main:
         p = (it - main) / max(tc.stage3_iterations, 1)
         return tc.stage3_lr_ratio * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
+    it, main = it - tc.pretrain_iterations, main - tc.pretrain_iterations
     if it < tc.warmup:
         return 0.1 + 0.9 * it / max(tc.warmup, 1)
     p = (it - tc.warmup) / max(main - tc.warmup, 1)
@@ -150,7 +159,33 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict:
 # ------------------------------------------------------------------------------------------ training
 def build_training_model(tc: TrainConfig) -> TrainingModel:
     torch.manual_seed(tc.seed)
-    return TrainingModel(get_config(tc.config), norm=tc.norm)
+    return TrainingModel(get_config(tc.config), norm=tc.norm, crop_head=tc.pretrain_iterations > 0)
+
+
+def _step(model: TrainingModel, optimizer, tc: TrainConfig, it: int, stage: int, py: random.Random,
+          gen: torch.Generator) -> tuple[int, dict[str, float]]:
+    """One optimisation step of `stage` -> (clip length, loss parts with the total)."""
+    if stage == 0:
+        crops = [sample_crops(clip_seed(tc, it, b), tc.size) for b in range(tc.pretrain_videos)]
+        total = model.crop_loss(torch.cat([c[0] for c in crops]), torch.cat([c[1] for c in crops]))
+        T, parts = 0, {"crop_ce": float(total.detach())}
+    else:
+        T = {1: 1, 2: tc.clip_len, 3: tc.stage3_clip_len}[stage]
+        B = tc.batch_images if stage == 1 else tc.batch_clips
+        if model.encoder_frozen != (stage == 3):
+            model.freeze_encoder(stage == 3)
+        vf = tc.video_frames if T > 1 else max(4, tc.video_frames // 2)
+        clips = [sample_clip(clip_seed(tc, it, b), T, tc.size, vf, tc.max_prompts) for b in range(B)]
+        loss = compute_losses(model, clips, tc.loss, py, gen)
+        total, parts = loss.total, dict(loss.parts)
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    gnorm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip) if tc.grad_clip else torch.zeros(())
+    if not torch.isfinite(total):
+        raise FloatingPointError(f"non-finite loss at iteration {it}: {parts}")
+    optimizer.step()
+    return T, dict(parts, total=float(total.detach()), grad_norm=float(gnorm))
 
 
 def train(out_dir: str | os.PathLike, iterations: int | None = None, resume: bool = True, seed: int | None = None,
@@ -189,6 +224,8 @@ def train(out_dir: str | os.PathLike, iterations: int | None = None, resume: boo
             setattr(tc, k, v)
     if not 0 <= tc.stage3_iterations <= tc.iterations:
         raise ValueError("stage3_iterations must lie in [0, iterations]")
+    if not 0 <= tc.pretrain_iterations <= main_iterations(tc):
+        raise ValueError("pretrain_iterations must lie in [0, iterations - stage3_iterations]")
 
     model = build_training_model(tc)
     optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=(0.9, 0.999))
@@ -234,23 +271,10 @@ def train(out_dir: str | os.PathLike, iterations: int | None = None, resume: boo
     try:
         while it < end:
             stage = stage_of(it, tc)
-            T = {1: 1, 2: tc.clip_len, 3: tc.stage3_clip_len}[stage]
-            B = tc.batch_images if stage == 1 else tc.batch_clips
-            if model.encoder_frozen != (stage == 3):
-                model.freeze_encoder(stage == 3)
-            vf = tc.video_frames if T > 1 else max(4, tc.video_frames // 2)
-            clips = [sample_clip(clip_seed(tc, it, b), T, tc.size, vf, tc.max_prompts) for b in range(B)]
             for g in optimizer.param_groups:
                 g["lr"] = tc.lr * lr_factor(it, tc) * g.get("lr_mult", 1.0)
-            loss = compute_losses(model, clips, tc.loss, py, gen)
-            optimizer.zero_grad(set_to_none=True)
-            loss.total.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], tc.grad_clip) if tc.grad_clip else torch.zeros(())
-            if not torch.isfinite(loss.total):
-                raise FloatingPointError(f"non-finite loss at iteration {it}: {loss.parts}")
-            optimizer.step()
+            T, parts = _step(model, optimizer, tc, it, stage, py, gen)
             it += 1
-            parts = dict(loss.parts, total=float(loss.total.detach()), grad_norm=float(gnorm))
             for k, v in parts.items():
                 running[k] = running.get(k, 0.0) + v
             if it % tc.log_every == 0 or it == end:
@@ -315,6 +339,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help=f"classification loss weight (default {LossConfig.w_cls}); may be changed when resuming")
     ap.add_argument("--w-class-sep", type=float, default=None,
                     help="weight of a penalty on category embeddings with cosine above 0.3 (default 0: off)")
+    ap.add_argument("--pretrain-iterations", type=int, default=None,
+                    help="stage 0, the first N iterations: the backbone learns to name object crops (cross-entropy, "
+                         "a head dropped at export), standing in for the ImageNet pre-training of official backbones")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     if a.size % 32:
@@ -329,6 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra["token_rows"] = True
     if a.token_lr_mult is not None:
         extra["token_lr_mult"] = a.token_lr_mult
+    if a.pretrain_iterations is not None:
+        extra["pretrain_iterations"] = a.pretrain_iterations
     if a.w_cls is not None:
         extra["w_cls"] = a.w_cls
     if a.w_class_sep is not None:
