@@ -1,6 +1,6 @@
 """Accuracy floors of the shipped small model on held-out generated videos, through the public API and
 the project's metrics. Floors sit a few points under what tools/bench_quality.py measured with these
-exact settings (8 val videos x 10 frames at 128x128; see models/MODEL_CARD.md), so a regression in the
+exact settings (8 val videos x 10 frames at 256x256; see models/MODEL_CARD.md), so a regression in the
 engine, the presets or the shipped weights fails here."""
 import sys
 from pathlib import Path
@@ -11,9 +11,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 from bench_quality import held_out, quality_report  # noqa: E402
 
-MEASURED = {"VOS J&F": 0.828, "PVOS J&F": 0.751, "REFVOS J&F": 0.431, "VSS mIoU": 0.409,
-            "VPS VPQ": 0.177, "VPS STQ": 0.299, "VIS AP (class-agnostic)": 0.415}
-# VIS mAP itself (0.044) has no floor: the small model's thing classification is too weak (MODEL_CARD.md)
+MEASURED = {"VOS J&F": 0.880, "PVOS J&F": 0.710, "REFVOS J&F": 0.504, "VSS mIoU": 0.488, "VPS VPQ": 0.358,
+            "VPS STQ": 0.415, "VIS mAP": 0.115, "VIS AP (class-agnostic)": 0.487}
 MARGIN = 0.04
 
 
@@ -22,7 +21,7 @@ def report():
     from univs_engine.api import load_model
 
     torch.set_num_threads(2)
-    return quality_report(load_model("small"), held_out(8, 10, 128),
+    return quality_report(load_model("small"), held_out(8, 10, 256),
                           tasks=("vos", "pvos", "refvos", "vis", "vss", "vps"))
 
 

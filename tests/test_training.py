@@ -217,7 +217,7 @@ def test_entity_check_reports_things_and_stuff_apart():
     from univs_engine.training.export import load_shipped
 
     model, _text, emb, _ = load_shipped(str(Path(__file__).resolve().parents[1] / "models" / "univs_small.safetensors"))
-    res = eval_entities(model, emb, _videos(3, 4, 128))
+    res = eval_entities(model, emb, _videos(3, 4, 256))
     assert res["entity_class_acc_stuff"] >= 0.9
     assert 0.0 <= res["entity_class_acc_things"] <= 1.0
     assert res["entity_mIoU_stuff"] >= 0.85 and res["entity_mIoU_things"] >= 0.5

@@ -1,7 +1,7 @@
 """Quality of a model on the held-out split of the generated world, per task, through the public API
 and the metrics of univs_engine.metrics (the same path a user takes).
 
-    python tools/bench_quality.py [--model small] [--videos 8] [--frames 12] [--size 128] [--split val|test]
+    python tools/bench_quality.py [--model small] [--videos 8] [--frames 12] [--size 256] [--split val|test]
 
 Prints VOS / PVOS / RefVOS J&F, VIS mAP, VSS mIoU, VPS VPQ and STQ. `quality_report` is reused by
 tests/test_quality.py, which asserts floors a few points under the numbers in the model card.
@@ -98,7 +98,7 @@ def main() -> None:
     ap.add_argument("--model", default="small")
     ap.add_argument("--videos", type=int, default=8)
     ap.add_argument("--frames", type=int, default=12)
-    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--tasks", default="vos,pvos,refvos,vis,vss,vps")
     ap.add_argument("--split", default="val", choices=("val", "test"),
                     help="held-out split (presets were tuned on val; report test)")
