@@ -259,3 +259,23 @@ def test_stage0_crops_are_the_things_and_teach_the_backbone():
     from univs_engine.training.export import export_tensors
 
     assert not any("crop_head" in k for k in export_tensors(model))
+
+
+def test_clip_crops_are_the_things_of_the_first_frame():
+    from univs_engine.data.synthetic import NUM_THING_CLASSES
+    from univs_engine.training.data import clip_crops
+
+    clip = sample_clip(5, 2, size=128, video_frames=4, max_prompts=1)
+    crops, labels = clip_crops(clip)
+    visible = [int(lab) for m, lab in zip(clip.masks[:, 0], clip.labels)
+               if lab < NUM_THING_CLASSES and int(m.sum()) >= 10]
+    assert labels.tolist() == visible and crops.shape[0] == len(visible) and crops.max() <= 255
+
+
+def test_crop_loss_can_stay_on_after_stage0(tmp_path):
+    train(tmp_path, iterations=4, progress=False, threads=None, export=False, size=64, batch_images=1,
+          batch_clips=1, video_frames=4, pretrain_iterations=2, pretrain_videos=2, log_every=1, w_crop=1.0,
+          **{k: v for k, v in FAST_LOSS.items()})
+    recs = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in recs] == [0, 0, 2, 2]  # 2 main iterations: no stage 1
+    assert all("crop_ce" in r for r in recs) and all("bce" in r for r in recs[2:])

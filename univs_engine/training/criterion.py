@@ -49,6 +49,7 @@ class LossConfig:
     reid_temperature: float = 0.1
     w_class_sep: float = 0.0     # > 0: penalise category embeddings closer than `class_sep_margin` (cosine)
     class_sep_margin: float = 0.3
+    w_crop: float = 0.0          # > 0 (with stage 0): keep its crop loss on in stages 1-2 (backbone trainable)
 
 
 class TrainingModel(nn.Module):

@@ -124,25 +124,33 @@ def sample_clip(seed: int, T: int, size: int = 128, video_frames: int = 8, max_p
 CROP_SIZE = 64
 
 
-def sample_crops(seed: int, size: int = 128, crop: int = CROP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stage-0 data: every well visible thing of the first frame of training video `seed`, cut out as a
-    square around its centre (1.5x its extent, edge-padded) and resized to crop x crop ->
-    (RGB 0..255 crops [N, 3, crop, crop], thing labels [N])."""
-    import cv2
-
-    video = generate_video(seed, num_frames=1, height=size, width=size)
-    frame = video.frames[0]
-    crops, labels = [], []
-    for i, thing in enumerate(video.things):
-        ys, xs = np.nonzero(video.masks[i, 0])
+def object_crops(frame: np.ndarray, masks: np.ndarray, labels, crop: int = CROP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every object of frame [H, W, 3] uint8 with a mask [N, H, W] of >= 10 pixels, cut out as a square
+    around its centre (1.5x its extent, edge-padded) and resized to crop x crop ->
+    (RGB 0..255 crops [M, 3, crop, crop], labels [M])."""
+    crops, kept = [], []
+    for m, label in zip(masks, labels):
+        ys, xs = np.nonzero(m)
         if len(ys) < 10:
             continue
         r = int(0.75 * max(np.ptp(ys), np.ptp(xs))) + 2
         pad = np.pad(frame, ((r, r), (r, r), (0, 0)), mode="edge")
         cy, cx = int(ys.mean()), int(xs.mean())
         crops.append(cv2.resize(pad[cy:cy + 2 * r, cx:cx + 2 * r], (crop, crop), interpolation=cv2.INTER_AREA))
-        labels.append(int(thing.category))
+        kept.append(int(label))
     if not crops:
         return torch.zeros(0, 3, crop, crop), torch.zeros(0, dtype=torch.long)
-    return (torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float(),
-            torch.tensor(labels, dtype=torch.long))
+    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float(), torch.tensor(kept, dtype=torch.long)
+
+
+def sample_crops(seed: int, size: int = 128, crop: int = CROP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage-0 data: the things of the first frame of training video `seed` (see object_crops)."""
+    video = generate_video(seed, num_frames=1, height=size, width=size)
+    return object_crops(video.frames[0], video.masks[:, 0], [t.category for t in video.things], crop)
+
+
+def clip_crops(clip: Clip, crop: int = CROP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """The things of a training clip's first frame as crops (the crop loss kept on in later stages)."""
+    things = clip.labels < NUM_THING_CLASSES
+    frame = clip.frames[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    return object_crops(frame, clip.masks[things, 0].numpy(), clip.labels[things].tolist(), crop)

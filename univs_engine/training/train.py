@@ -28,7 +28,7 @@ import torch
 from ..config import get_config
 from ..data.synthetic import SPLIT_SIZE
 from .criterion import LossConfig, TrainingModel, compute_losses
-from .data import sample_clip, sample_crops
+from .data import clip_crops, sample_clip, sample_crops
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -178,6 +178,11 @@ def _step(model: TrainingModel, optimizer, tc: TrainConfig, it: int, stage: int,
         clips = [sample_clip(clip_seed(tc, it, b), T, tc.size, vf, tc.max_prompts) for b in range(B)]
         loss = compute_losses(model, clips, tc.loss, py, gen)
         total, parts = loss.total, dict(loss.parts)
+        if tc.loss.w_crop > 0 and model.crop_head is not None and stage < 3:
+            crops = [clip_crops(c) for c in clips]
+            crop_ce = model.crop_loss(torch.cat([c[0] for c in crops]), torch.cat([c[1] for c in crops]))
+            total = total + tc.loss.w_crop * crop_ce
+            parts["crop_ce"] = float(crop_ce.detach())
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     params = [p for p in model.parameters() if p.grad is not None]
@@ -342,6 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--pretrain-iterations", type=int, default=None,
                     help="stage 0, the first N iterations: the backbone learns to name object crops (cross-entropy, "
                          "a head dropped at export), standing in for the ImageNet pre-training of official backbones")
+    ap.add_argument("--w-crop", type=float, default=None,
+                    help="weight of the stage-0 crop loss kept on during stages 1-2 (default 0: off); may be "
+                         "changed when resuming")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     if a.size % 32:
@@ -362,6 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra["w_cls"] = a.w_cls
     if a.w_class_sep is not None:
         extra["w_class_sep"] = a.w_class_sep
+    if a.w_crop is not None:
+        extra["w_crop"] = a.w_crop
     summary = train(a.out, a.iterations, resume=not a.no_resume, config=tc, progress=not a.no_progress, threads=a.threads,
                     export=a.export, stop_after=a.stop_after, checkpoint_minutes=a.checkpoint_minutes, **extra)
     print(json.dumps(summary))
