@@ -121,6 +121,7 @@ def test_uint8_round_trip_and_lazy_frames():
         lazy.frame(5)
     clips = list(lazy.iter_clips(2))
     assert [ids for ids, _ in clips] == [[0, 1], [2, 3], [4]] and np.array_equal(clips[1][1], frames[2:4])
+    lazy.close()  # the nodes close every source they open
 
 
 def test_masks_normalise_and_pick_frames():

@@ -20,6 +20,7 @@ import os
 import queue
 import re
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
@@ -126,7 +127,7 @@ class _CallableBackend:
     kind = "array"
 
     def __init__(self, get_frame: Callable[[int], np.ndarray], num_frames: int, height: int, width: int,
-                 fps: float, name: str) -> None:
+                 fps: float | None, name: str) -> None:
         if num_frames <= 0:
             raise ValueError(f"{name}: empty video (0 frames)")
         if height <= 0 or width <= 0:
@@ -143,11 +144,19 @@ class _CallableBackend:
         for i in indices:
             yield i, self.frame(i)
 
+    def close(self) -> None:
+        pass
 
-class _ArrayBackend:
+
+def _array_frame(frames: np.ndarray | torch.Tensor, i: int) -> np.ndarray:
+    f = frames[i]
+    if isinstance(f, torch.Tensor):
+        return np.ascontiguousarray(f.detach().cpu().numpy())
+    return np.ascontiguousarray(f)
+
+
+class _ArrayBackend(_CallableBackend):
     """Frames held in memory by the caller: uint8 ``[T, H, W, 3]`` numpy array or torch tensor."""
-
-    kind = "array"
 
     def __init__(self, frames: Any, fps: float | None) -> None:
         desc = f"in-memory {type(frames).__name__}"
@@ -164,14 +173,7 @@ class _ArrayBackend:
                 nan = np.issubdtype(arr.dtype, np.floating) and bool(np.isnan(arr).any())
                 raise ValueError(self._dtype_message(desc, str(arr.dtype), nan))
             frames = arr
-        if shape[0] == 0:
-            raise ValueError(f"{desc}: empty video (0 frames)")
-        if shape[1] == 0 or shape[2] == 0:
-            raise ValueError(f"{desc}: frames have zero size {list(shape[1:3])}")
-        self._frames = frames
-        self.name = desc
-        self.num_frames, self.height, self.width = int(shape[0]), int(shape[1]), int(shape[2])
-        self.fps = float(fps) if fps else 30.0
+        super().__init__(partial(_array_frame, frames), shape[0], shape[1], shape[2], fps, desc)
 
     @staticmethod
     def _dtype_message(desc: str, dtype: str, nan: bool) -> str:
@@ -179,19 +181,6 @@ class _ArrayBackend:
         if nan:
             msg += " containing NaN values"
         return msg + " (convert float frames in [0, 1] with (x * 255).round().clip(0, 255) as uint8)"
-
-    def frame(self, i: int) -> np.ndarray:
-        f = self._frames[i]
-        if isinstance(f, torch.Tensor):
-            return np.ascontiguousarray(f.detach().cpu().numpy())
-        return np.ascontiguousarray(f)
-
-    def read(self, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
-        for i in indices:
-            yield i, self.frame(i)
-
-    def close(self) -> None:
-        pass
 
 
 class _FolderBackend:
