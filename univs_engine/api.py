@@ -178,8 +178,9 @@ class FrameFeeder:
         self.source, self.model, self.preset, self.order = source, model, preset, list(order)
         # A run visits consecutive frames (forwards or backwards): one decoding stream serves them, where
         # random access would seek per frame (a backward pass over a file would decode each GOP again).
-        step = self.order[1] - self.order[0] if len(self.order) > 1 else 1
-        self._contiguous = abs(step) == 1 and self.order == list(range(self.order[0], self.order[-1] + step, step))
+        self._step = self.order[1] - self.order[0] if len(self.order) > 1 else 1
+        self._contiguous = abs(self._step) == 1 and self.order == list(
+            range(self.order[0], self.order[-1] + self._step, self._step))
         self._stream: Iterator | None = None
         self._next = 0                       # run position the stream yields next
         self._recent: dict[int, np.ndarray] = {}
@@ -193,8 +194,7 @@ class FrameFeeder:
             return self._recent[k]
         if self._contiguous and self._next <= k < self._next + _STREAM_KEEP:
             if self._stream is None:
-                step = 1 if len(self.order) < 2 else self.order[1] - self.order[0]
-                self._stream = self.source.iter_frames(self.order[0], self.order[-1] + step, step)
+                self._stream = self.source.iter_frames(self.order[0], self.order[-1] + self._step, self._step)
             while self._next <= k:
                 self._recent[self._next] = next(self._stream)[1]
                 self._recent.pop(self._next - _STREAM_KEEP, None)
