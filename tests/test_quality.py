@@ -11,8 +11,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 from bench_quality import held_out, quality_report  # noqa: E402
 
-MEASURED = {"VOS J&F": 0.880, "PVOS J&F": 0.710, "REFVOS J&F": 0.504, "VSS mIoU": 0.488, "VPS VPQ": 0.358,
-            "VPS STQ": 0.415, "VIS mAP": 0.115, "VIS AP (class-agnostic)": 0.487}
+MEASURED = {"VOS J&F": 0.890, "PVOS J&F": 0.747, "REFVOS J&F": 0.615, "VSS mIoU": 0.617, "VPS VPQ": 0.487,
+            "VPS STQ": 0.443, "VIS mAP": 0.395, "VIS AP (class-agnostic)": 0.468}
 MARGIN = 0.04
 
 

@@ -4,6 +4,7 @@ import os
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,7 +23,7 @@ FAST_LOSS = dict(match_points=128, loss_points=128, prompt_tokens=16, templates=
 def _tiny_config(**kw) -> TrainConfig:
     base = dict(iterations=3, stage3_iterations=1, stage3_clip_len=3, size=64, batch_images=1, batch_clips=1,
                 video_frames=4, max_prompts=2, warmup=1, stage1_fraction=0.5, clip_len=2, log_every=1,
-                loss=LossConfig(**FAST_LOSS))
+                pretrain_iterations=0, token_rows=False, loss=LossConfig(**FAST_LOSS))
     base.update(kw)
     return TrainConfig(**base)
 
@@ -154,7 +155,7 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
 
 
 def test_token_rows_extension_trains_only_used_rows_and_folds_at_export(tmp_path):
-    """A finished run extended with --train-token-rows (and a new class weight): only the rows of the
+    """A finished run without token rows extended with them (and a new class weight): only the rows of the
     synthetic vocabulary change, the exported file keeps its keys, and a resumed extension is exact."""
     from safetensors import safe_open
 
@@ -199,11 +200,12 @@ def _extend_token_rows(tmp_path, safe_open, load_shipped):
     assert emb.shape == (13, 128) and len(names) == 13
 
 
-def test_class_separation_penalty_is_opt_in():
+def test_class_separation_penalty_adds_its_term_only_when_weighted():
     torch.manual_seed(0)
     model = TrainingModel(get_config("small"))
     clip = sample_clip(5, 1, size=64, video_frames=4, max_prompts=1)
-    off = compute_losses(model, [clip], LossConfig(**FAST_LOSS), random.Random(0), torch.Generator().manual_seed(0))
+    off = compute_losses(model, [clip], LossConfig(**FAST_LOSS, w_class_sep=0.0), random.Random(0),
+                         torch.Generator().manual_seed(0))
     on = compute_losses(model, [clip], LossConfig(**FAST_LOSS, w_class_sep=1.0), random.Random(0),
                         torch.Generator().manual_seed(0))
     assert "class_sep" not in off.parts and on.parts["class_sep"] > 0
@@ -231,7 +233,7 @@ def test_stage0_schedule_precedes_the_main_schedule():
     lr = [train_mod.lr_factor(i, tc) * tc.lr for i in range(1000)]
     assert lr[100] == pytest.approx(tc.pretrain_lr)
     # the main warmup starts where stage 0 ends, as in a run without stage 0
-    plain = TrainConfig(iterations=800, stage3_iterations=100, stage1_fraction=0.5, warmup=50)
+    plain = TrainConfig(iterations=800, stage3_iterations=100, stage1_fraction=0.5, warmup=50, pretrain_iterations=0)
     assert [train_mod.lr_factor(i + 200, tc) for i in range(700)] == [train_mod.lr_factor(i, plain) for i in range(700)]
 
 
@@ -272,10 +274,55 @@ def test_clip_crops_are_the_things_of_the_first_frame():
     assert labels.tolist() == visible and crops.shape[0] == len(visible) and crops.max() <= 255
 
 
+def test_jittered_crops_vary_scale_and_position_reproducibly():
+    from univs_engine.data.synthetic import generate_video
+    from univs_engine.training.data import JITTERED_CROP, PLAIN_CROP, object_crops, sample_crops
+
+    video = generate_video(11, num_frames=1, height=128, width=128)
+    args = (video.frames[0], video.masks[:, 0], [t.category for t in video.things])
+    with pytest.raises(ValueError, match="rng"):
+        object_crops(*args, jitter=JITTERED_CROP)
+    plain, labels = sample_crops(11, 128)
+    a, la = sample_crops(11, 128, jitter=JITTERED_CROP)
+    b, _ = sample_crops(11, 128, jitter=JITTERED_CROP)
+    assert torch.equal(a, b) and la.tolist() == labels.tolist()  # resumable runs see the same crops
+    assert not torch.equal(a, plain)
+    # context = crop side / object extent: cropping the object's own mask shows how much of the crop it fills
+    mask = video.masks[0, 0]
+    as_frame = np.repeat(mask[..., None].astype(np.uint8) * 255, 3, axis=2)
+    fill = {c: float(object_crops(as_frame, mask[None], [0], jitter=(c, c, 0.0))[0].mean() / 255)
+            for c in (1.2, 1.5, 2.6)}
+    assert fill[1.2] > 1.4 * fill[1.5] and fill[1.5] > 2.5 * fill[2.6]
+
+
 def test_crop_loss_can_stay_on_after_stage0(tmp_path):
     train(tmp_path, iterations=4, progress=False, threads=None, export=False, size=64, batch_images=1,
           batch_clips=1, video_frames=4, pretrain_iterations=2, pretrain_videos=2, log_every=1, w_crop=1.0,
+          stage3_iterations=0, token_rows=False,
           **{k: v for k, v in FAST_LOSS.items()})
     recs = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in recs] == [0, 0, 2, 2]  # 2 main iterations: no stage 1
     assert all("crop_ce" in r for r in recs) and all("bce" in r for r in recs[2:])
+
+
+def test_train_command_defaults_are_the_shipped_recipe():
+    """`univs train --out R` is the run that made models/univs_small.safetensors (its config is in the file)."""
+    from safetensors import safe_open
+
+    from univs_engine.api import small_model_path
+
+    _, tc, extra = train_mod.parse_args(["--out", "unused"])
+    for k, v in extra.items():
+        setattr(tc.loss if hasattr(tc.loss, k) else tc, k, v)
+    with safe_open(str(small_model_path()), "pt") as f:
+        shipped = json.loads(f.metadata()["train_config"])
+    logging_only = ("checkpoint_minutes", "checkpoint_every", "log_every")
+    ours = {k: v for k, v in train_mod.asdict(tc).items() if k not in logging_only}
+    assert ours == {k: v for k, v in shipped.items() if k not in logging_only}
+
+
+def test_configs_saved_before_an_extension_keep_it_off():
+    tc = TrainConfig.from_dict({"iterations": 10, "loss": {"w_cls": 3.0}})
+    assert (tc.pretrain_iterations, tc.stage3_iterations, tc.token_rows) == (0, 0, False)
+    assert (tc.loss.w_crop, tc.loss.w_class_sep, tc.loss.w_cls) == (0.0, 0.0, 3.0)
+    assert TrainConfig.from_dict(train_mod.asdict(TrainConfig())) == TrainConfig()

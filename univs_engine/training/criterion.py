@@ -37,7 +37,7 @@ from .losses import hungarian_match, mask_losses, reid_loss, sigmoid_focal_loss
 class LossConfig:
     w_bce: float = 5.0
     w_dice: float = 5.0
-    w_cls: float = 3.0
+    w_cls: float = 5.0
     w_reid: float = 0.5
     w_text_cls: float = 1.0      # expression <-> query matching logits of text prompts
     match_points: int = 512      # uniform points per frame for the matching cost
@@ -47,9 +47,9 @@ class LossConfig:
     templates: int = 6           # templates averaged per step for category / sentence features (81 at export)
     deep_supervision: bool = True
     reid_temperature: float = 0.1
-    w_class_sep: float = 0.0     # > 0: penalise category embeddings closer than `class_sep_margin` (cosine)
+    w_class_sep: float = 2.0     # > 0: penalise category embeddings closer than `class_sep_margin` (cosine)
     class_sep_margin: float = 0.3
-    w_crop: float = 0.0          # > 0 (with stage 0): keep its crop loss on in stages 1-2 (backbone trainable)
+    w_crop: float = 1.0          # > 0 (with stage 0): keep its crop loss on in stages 1-2 (backbone trainable)
 
 
 class TrainingModel(nn.Module):

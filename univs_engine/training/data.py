@@ -122,35 +122,54 @@ def sample_clip(seed: int, T: int, size: int = 128, video_frames: int = 8, max_p
 
 
 CROP_SIZE = 64
+# (context min, context max, centre shift): a crop is `context` x the object's extent, its centre moved by up
+# to `shift` x the crop side. Plain crops centre every object at one scale: the backbone learns them fast
+# (0.9 val accuracy in 1000 iterations) but what it learns does not carry over to objects of any size and
+# position in full frames (linear probe on mask-pooled res4+res5 features of 256 px frames: 0.27, chance
+# 0.125). Jittered crops after a plain warm-up: 0.52 (measured with 1500 stage-0 iterations).
+PLAIN_CROP = (1.5, 1.5, 0.0)
+JITTERED_CROP = (1.2, 2.6, 0.15)
 
 
-def object_crops(frame: np.ndarray, masks: np.ndarray, labels, crop: int = CROP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+def object_crops(frame: np.ndarray, masks: np.ndarray, labels, crop: int = CROP_SIZE,
+                 jitter: tuple[float, float, float] = PLAIN_CROP,
+                 rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Every object of frame [H, W, 3] uint8 with a mask [N, H, W] of >= 10 pixels, cut out as a square
-    around its centre (1.5x its extent, edge-padded) and resized to crop x crop ->
-    (RGB 0..255 crops [M, 3, crop, crop], labels [M])."""
+    around its centre (see PLAIN_CROP / JITTERED_CROP; edge-padded) and resized to crop x crop ->
+    (RGB 0..255 crops [M, 3, crop, crop], labels [M]). A jittered crop draws from `rng`."""
+    lo, hi, shift = jitter
+    if (hi > lo or shift) and rng is None:
+        raise ValueError("jittered crops need an rng")
     crops, kept = [], []
     for m, label in zip(masks, labels):
         ys, xs = np.nonzero(m)
         if len(ys) < 10:
             continue
-        r = int(0.75 * max(np.ptp(ys), np.ptp(xs))) + 2
-        pad = np.pad(frame, ((r, r), (r, r), (0, 0)), mode="edge")
+        context = rng.uniform(lo, hi) if hi > lo else lo
+        r = int(0.5 * context * max(np.ptp(ys), np.ptp(xs))) + 2
         cy, cx = int(ys.mean()), int(xs.mean())
-        crops.append(cv2.resize(pad[cy:cy + 2 * r, cx:cx + 2 * r], (crop, crop), interpolation=cv2.INTER_AREA))
+        if shift:
+            cy, cx = (int(c + rng.uniform(-shift, shift) * 2 * r) for c in (cy, cx))
+        pad = np.pad(frame, ((2 * r, 2 * r), (2 * r, 2 * r), (0, 0)), mode="edge")
+        crops.append(cv2.resize(pad[cy + r:cy + 3 * r, cx + r:cx + 3 * r], (crop, crop), interpolation=cv2.INTER_AREA))
         kept.append(int(label))
     if not crops:
         return torch.zeros(0, 3, crop, crop), torch.zeros(0, dtype=torch.long)
     return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float(), torch.tensor(kept, dtype=torch.long)
 
 
-def sample_crops(seed: int, size: int = 128, crop: int = CROP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_crops(seed: int, size: int = 128, crop: int = CROP_SIZE,
+                 jitter: tuple[float, float, float] = PLAIN_CROP) -> tuple[torch.Tensor, torch.Tensor]:
     """Stage-0 data: the things of the first frame of training video `seed` (see object_crops)."""
     video = generate_video(seed, num_frames=1, height=size, width=size)
-    return object_crops(video.frames[0], video.masks[:, 0], [t.category for t in video.things], crop)
+    return object_crops(video.frames[0], video.masks[:, 0], [t.category for t in video.things], crop, jitter,
+                        np.random.default_rng(seed))
 
 
-def clip_crops(clip: Clip, crop: int = CROP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+def clip_crops(clip: Clip, crop: int = CROP_SIZE,
+               jitter: tuple[float, float, float] = JITTERED_CROP) -> tuple[torch.Tensor, torch.Tensor]:
     """The things of a training clip's first frame as crops (the crop loss kept on in later stages)."""
     things = clip.labels < NUM_THING_CLASSES
     frame = clip.frames[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
-    return object_crops(frame, clip.masks[things, 0].numpy(), clip.labels[things].tolist(), crop)
+    return object_crops(frame, clip.masks[things, 0].numpy(), clip.labels[things].tolist(), crop, jitter,
+                        np.random.default_rng(clip.seed))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -78,7 +79,8 @@ def export_checkpoint(ckpt: str | os.PathLike, dst: str | os.PathLike, extra_met
     if "token_delta" in state["model"]:
         model.enable_token_delta()
     model.load_state_dict(state["model"])
-    meta = {"iterations": str(state["iteration"]), "train_wall_time_s": f"{state.get('wall_time', 0):.0f}"}
+    meta = {"iterations": str(state["iteration"]), "train_wall_time_s": f"{state.get('wall_time', 0):.0f}",
+            "train_config": json.dumps(asdict(tc))}
     meta.update(extra_metadata or {})
     return export_model(model, dst, meta)
 

@@ -1,13 +1,14 @@
 """Train the small UniVS model on the synthetic video world (CPU friendly).
 
-Stage 1 is image-level (clips of one frame), stage 2 clip-level (clips of `clip_len` frames), as the
-paper's first two stages; the optional stage 3 (last `stage3_iterations`) uses longer clips with the
-backbone and pixel decoder frozen, at a lower learning rate. Clips are generated on the fly from training-split seeds that are a function
-of (seed, iteration), and every random decision draws from generators saved in the checkpoint, so an
-interrupted run resumed from its checkpoint continues where it stopped.
+Stage 0 teaches the backbone shapes from object crops (standing in for ImageNet pre-training); stage 1
+is image-level (clips of one frame), stage 2 clip-level (clips of `clip_len` frames), as the paper's
+first two stages; stage 3 (the last `stage3_iterations`) uses longer clips with the backbone and pixel
+decoder frozen, at a lower learning rate. Clips are generated on the fly from training-split seeds that
+are a function of (seed, iteration), and every random decision draws from generators saved in the
+checkpoint, so an interrupted run resumed from its checkpoint continues where it stopped.
 
-    python -m univs_engine.training.train --out /tmp/univs_train --iterations 6000
-    univs train --out /tmp/univs_train --iterations 6000     (same arguments through the CLI)
+    univs train --out /tmp/univs_train      # the defaults are the shipped model's recipe
+    python -m univs_engine.training.train --out /tmp/univs_train     (the same)
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import torch
 from ..config import get_config
 from ..data.synthetic import SPLIT_SIZE
 from .criterion import LossConfig, TrainingModel, compute_losses
-from .data import clip_crops, sample_clip, sample_crops
+from .data import JITTERED_CROP, PLAIN_CROP, clip_crops, sample_clip, sample_crops
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -36,13 +37,13 @@ CHECKPOINT_NAME = "last.pt"
 @dataclass
 class TrainConfig:
     config: str = "small"
-    iterations: int = 6000
+    iterations: int = 4500
     seed: int = 0
-    size: int = 128                 # square training frames
+    size: int = 256                 # square training frames
     clip_len: int = 3               # stage 2 clip length
     stage1_fraction: float = 0.35   # first part of the run is image-level (T = 1)
-    batch_images: int = 8           # stage 1: clips of one frame per iteration
-    batch_clips: int = 4            # stage 2: clips per iteration
+    batch_images: int = 6           # stage 1: clips of one frame per iteration
+    batch_clips: int = 3            # stage 2: clips per iteration
     video_frames: int = 8           # frames of each generated video (the clip is cut from it)
     max_prompts: int = 4            # prompt targets per clip
     lr: float = 3e-4
@@ -54,22 +55,27 @@ class TrainConfig:
     checkpoint_minutes: float = 3.0
     checkpoint_every: int = 0       # also every N iterations when > 0
     log_every: int = 10
-    stage3_iterations: int = 0      # the last N iterations: long clips, frozen encoder (part of `iterations`)
+    stage3_iterations: int = 600    # the last N iterations: long clips, frozen encoder (part of `iterations`)
     stage3_clip_len: int = 5
     stage3_lr_ratio: float = 0.2    # stage-3 lr = lr * ratio, cosine to a tenth of that
-    token_rows: bool = False        # train the token-table rows the synthetic text uses (a delta table)
+    token_rows: bool = True         # train the token-table rows the synthetic text uses (a delta table)
     token_lr_mult: float = 10.0     # learning-rate multiplier of those rows
-    pretrain_iterations: int = 0    # stage 0, the first N iterations: the backbone names object crops
+    pretrain_iterations: int = 1500 # stage 0, the first N iterations: the backbone names object crops
     pretrain_lr: float = 3e-3       # (constant, after a short warmup)
     pretrain_videos: int = 8        # training videos whose things are cropped per stage-0 iteration
     loss: LossConfig = field(default_factory=LossConfig)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        d = dict(d)
-        loss = LossConfig(**d.pop("loss", {}))
+        """A saved config; fields it predates take the value that meant "off" (as when the run was made)."""
+        d = {**_ABSENT_MEANS_OFF, **d}
+        loss = LossConfig(**{**_ABSENT_LOSS_MEANS_OFF, **d.pop("loss", {})})
         known = {f.name for f in fields(cls)}
         return cls(loss=loss, **{k: v for k, v in d.items() if k in known})
+
+
+_ABSENT_MEANS_OFF = {"stage3_iterations": 0, "token_rows": False, "pretrain_iterations": 0}
+_ABSENT_LOSS_MEANS_OFF = {"w_class_sep": 0.0, "w_crop": 0.0}
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
@@ -162,6 +168,9 @@ def build_training_model(tc: TrainConfig) -> TrainingModel:
     return TrainingModel(get_config(tc.config), norm=tc.norm, crop_head=tc.pretrain_iterations > 0)
 
 
+PLAIN_CROP_FRACTION = 0.3  # of stage 0
+
+
 def _crop_loss(model: TrainingModel, crops: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     return model.crop_loss(torch.cat([c for c, _ in crops]), torch.cat([y for _, y in crops]))
 
@@ -170,7 +179,10 @@ def _step(model: TrainingModel, optimizer, tc: TrainConfig, it: int, stage: int,
           gen: torch.Generator) -> tuple[int, dict[str, float]]:
     """One optimisation step of `stage` -> (clip length, loss parts with the total)."""
     if stage == 0:
-        total = _crop_loss(model, [sample_crops(clip_seed(tc, it, b), tc.size) for b in range(tc.pretrain_videos)])
+        # plain crops first: jittered ones from scratch barely train (loss 1.9 after 800 iterations, chance 2.08)
+        jitter = PLAIN_CROP if it < PLAIN_CROP_FRACTION * tc.pretrain_iterations else JITTERED_CROP
+        total = _crop_loss(model, [sample_crops(clip_seed(tc, it, b), tc.size, jitter=jitter)
+                                   for b in range(tc.pretrain_videos)])
         T, parts = 0, {"crop_ce": float(total.detach())}
     else:
         T = {1: 1, 2: tc.clip_len, 3: tc.stage3_clip_len}[stage]
@@ -310,72 +322,71 @@ def train(out_dir: str | os.PathLike, iterations: int | None = None, resume: boo
         from .export import export_model
 
         dst = Path(export) if export else out / "univs_small.safetensors"
-        export_model(model, dst, extra_metadata={"iterations": str(it), "train_wall_time_s": f"{wall:.0f}"})
+        export_model(model, dst, extra_metadata={"iterations": str(it), "train_wall_time_s": f"{wall:.0f}",
+                                                 "train_config": json.dumps(asdict(tc))})
         summary["export"] = str(dst)
     return summary
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`univs train` entry point."""
-    ap = argparse.ArgumentParser(prog="univs train", description="Train the small UniVS model on synthetic videos.")
+def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, TrainConfig, dict]:
+    """`univs train` options -> (namespace, config of a new run, overrides that also apply when resuming)."""
+    tc, lc = TrainConfig(), LossConfig()
+    ap = argparse.ArgumentParser(prog="univs train", description="Train the small UniVS model on synthetic videos. "
+                                 "With no options but --out this is the run that made the shipped model.")
     ap.add_argument("--out", required=True, help="run folder (checkpoint last.pt, log.jsonl, exported weights)")
     ap.add_argument("--iterations", type=int, default=None,
-                    help=f"total iterations (default {TrainConfig.iterations}; on resume: the run's own unless given)")
+                    help=f"total iterations, stages 0-3 (default {tc.iterations}; on resume: the run's own unless "
+                         "given)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-resume", action="store_true", help="start from scratch even if out/last.pt exists")
-    ap.add_argument("--lr", type=float, default=TrainConfig.lr)
-    ap.add_argument("--size", type=int, default=TrainConfig.size, help="square frame size (multiple of 32)")
-    ap.add_argument("--clip-len", type=int, default=TrainConfig.clip_len)
-    ap.add_argument("--batch-images", type=int, default=TrainConfig.batch_images)
-    ap.add_argument("--batch-clips", type=int, default=TrainConfig.batch_clips)
-    ap.add_argument("--stage1-fraction", type=float, default=TrainConfig.stage1_fraction)
-    ap.add_argument("--stage3-iterations", type=int, default=None,
-                    help="last N iterations: stage 3 (long clips, frozen backbone + pixel decoder); may extend a "
-                         "finished run when given with a larger --iterations")
-    ap.add_argument("--stage3-clip-len", type=int, default=TrainConfig.stage3_clip_len)
-    ap.add_argument("--checkpoint-minutes", type=float, default=TrainConfig.checkpoint_minutes)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (1 leaves a core free; on an idle 2-core machine 2 threads ran 256 px "
-                         "clips ~1.4x faster)")
-    ap.add_argument("--stop-after", type=int, default=None, help="stop this call after N iterations (resumable)")
-    ap.add_argument("--export", default=None, help="where to write the final .safetensors")
-    ap.add_argument("--train-token-rows", action="store_true",
-                    help="also train the token-table rows the synthetic vocabulary and expressions use (a learnable "
-                         "delta table, folded into the table at export); may be switched on when resuming")
-    ap.add_argument("--token-lr-mult", type=float, default=None,
-                    help=f"learning-rate multiplier of those rows (default {TrainConfig.token_lr_mult})")
-    ap.add_argument("--w-cls", type=float, default=None,
-                    help=f"classification loss weight (default {LossConfig.w_cls}); may be changed when resuming")
-    ap.add_argument("--w-class-sep", type=float, default=None,
-                    help="weight of a penalty on category embeddings with cosine above 0.3 (default 0: off)")
-    ap.add_argument("--pretrain-iterations", type=int, default=None,
+    ap.add_argument("--lr", type=float, default=tc.lr)
+    ap.add_argument("--size", type=int, default=tc.size, help="square frame size (multiple of 32)")
+    ap.add_argument("--clip-len", type=int, default=tc.clip_len)
+    ap.add_argument("--batch-images", type=int, default=tc.batch_images)
+    ap.add_argument("--batch-clips", type=int, default=tc.batch_clips)
+    ap.add_argument("--stage1-fraction", type=float, default=tc.stage1_fraction)
+    ap.add_argument("--pretrain-iterations", type=int, default=tc.pretrain_iterations,
                     help="stage 0, the first N iterations: the backbone learns to name object crops (cross-entropy, "
                          "a head dropped at export), standing in for the ImageNet pre-training of official backbones")
+    ap.add_argument("--stage3-iterations", type=int, default=None,
+                    help=f"last N iterations: stage 3 (long clips, frozen backbone + pixel decoder; default "
+                         f"{tc.stage3_iterations}); may extend a finished run when given with a larger --iterations")
+    ap.add_argument("--stage3-clip-len", type=int, default=tc.stage3_clip_len)
+    ap.add_argument("--checkpoint-minutes", type=float, default=tc.checkpoint_minutes)
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch CPU threads (the shipped run used 2 on a 2-core machine, ~1.4x faster than 1)")
+    ap.add_argument("--stop-after", type=int, default=None, help="stop this call after N iterations (resumable)")
+    ap.add_argument("--export", default=None, help="where to write the final .safetensors")
+    ap.add_argument("--w-cls", type=float, default=None,
+                    help=f"classification loss weight (default {lc.w_cls}); may be changed when resuming")
     ap.add_argument("--w-crop", type=float, default=None,
-                    help="weight of the stage-0 crop loss kept on during stages 1-2 (default 0: off); may be "
+                    help=f"weight of the stage-0 crop loss kept on during stages 1-2 (default {lc.w_crop}); may be "
                          "changed when resuming")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     if a.size % 32:
         ap.error("--size must be a multiple of 32")
-    tc = TrainConfig(iterations=a.iterations or TrainConfig.iterations, seed=a.seed, lr=a.lr, size=a.size, clip_len=a.clip_len,
-                     batch_images=a.batch_images, batch_clips=a.batch_clips, stage1_fraction=a.stage1_fraction,
+    return a, *_run_config(a)
+
+
+def _run_config(a: argparse.Namespace) -> tuple[TrainConfig, dict]:
+    """(config of a new run, overrides that also apply when resuming) from parsed `univs train` options."""
+    tc = TrainConfig(iterations=a.iterations or TrainConfig.iterations, seed=a.seed, lr=a.lr, size=a.size,
+                     clip_len=a.clip_len, batch_images=a.batch_images, batch_clips=a.batch_clips,
+                     stage1_fraction=a.stage1_fraction, pretrain_iterations=a.pretrain_iterations,
                      checkpoint_minutes=a.checkpoint_minutes)
     extra = {}
     if a.stage3_iterations is not None:
         extra = {"stage3_iterations": a.stage3_iterations, "stage3_clip_len": a.stage3_clip_len}
-    if a.train_token_rows:
-        extra["token_rows"] = True
-    if a.token_lr_mult is not None:
-        extra["token_lr_mult"] = a.token_lr_mult
-    if a.pretrain_iterations is not None:
-        extra["pretrain_iterations"] = a.pretrain_iterations
-    if a.w_cls is not None:
-        extra["w_cls"] = a.w_cls
-    if a.w_class_sep is not None:
-        extra["w_class_sep"] = a.w_class_sep
-    if a.w_crop is not None:
-        extra["w_crop"] = a.w_crop
+    for k in ("w_cls", "w_crop"):
+        if getattr(a, k) is not None:
+            extra[k] = getattr(a, k)
+    return tc, extra
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`univs train` entry point. Its defaults are the recipe of the shipped model (models/MODEL_CARD.md)."""
+    a, tc, extra = parse_args(argv)
     summary = train(a.out, a.iterations, resume=not a.no_resume, config=tc, progress=not a.no_progress, threads=a.threads,
                     export=a.export, stop_after=a.stop_after, checkpoint_minutes=a.checkpoint_minutes, **extra)
     print(json.dumps(summary))
