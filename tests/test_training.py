@@ -326,3 +326,9 @@ def test_configs_saved_before_an_extension_keep_it_off():
     assert (tc.pretrain_iterations, tc.stage3_iterations, tc.token_rows) == (0, 0, False)
     assert (tc.loss.w_crop, tc.loss.w_class_sep, tc.loss.w_cls) == (0.0, 0.0, 3.0)
     assert TrainConfig.from_dict(train_mod.asdict(TrainConfig())) == TrainConfig()
+
+
+def test_a_schedule_without_room_for_stage0_names_the_options(tmp_path):
+    with pytest.raises(ValueError, match=r"--pretrain-iterations.*is 1500.*= 400"):
+        train(tmp_path, iterations=1000, progress=False, threads=None, export=False)  # default stage 0 and stage 3
+    assert not (tmp_path / "last.pt").exists()

@@ -243,9 +243,12 @@ def train(out_dir: str | os.PathLike, iterations: int | None = None, resume: boo
         elif state is None or k in resumable:
             setattr(tc, k, v)
     if not 0 <= tc.stage3_iterations <= tc.iterations:
-        raise ValueError("stage3_iterations must lie in [0, iterations]")
+        raise ValueError(f"stage3_iterations (--stage3-iterations) is {tc.stage3_iterations}; it must lie in "
+                         f"[0, iterations = {tc.iterations}]")
     if not 0 <= tc.pretrain_iterations <= main_iterations(tc):
-        raise ValueError("pretrain_iterations must lie in [0, iterations - stage3_iterations]")
+        raise ValueError(f"pretrain_iterations (--pretrain-iterations) is {tc.pretrain_iterations}; it must lie in "
+                         f"[0, iterations - stage3_iterations = {main_iterations(tc)}]: give fewer stage-0 "
+                         "iterations or more iterations in all")
 
     model = build_training_model(tc)
     optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=(0.9, 0.999))
