@@ -11,8 +11,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 from bench_quality import held_out, quality_report  # noqa: E402
 
-MEASURED = {"VOS J&F": 0.890, "PVOS J&F": 0.747, "REFVOS J&F": 0.615, "VSS mIoU": 0.617, "VPS VPQ": 0.487,
-            "VPS STQ": 0.443, "VIS mAP": 0.395, "VIS AP (class-agnostic)": 0.468}
+MEASURED = {"VOS J&F": 0.915, "PVOS J&F": 0.819, "REFVOS J&F": 0.645, "VSS mIoU": 0.627, "VPS VPQ": 0.477,
+            "VPS STQ": 0.476, "VIS mAP": 0.278, "VIS AP (class-agnostic)": 0.591}
 MARGIN = 0.04
 
 

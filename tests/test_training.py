@@ -329,6 +329,6 @@ def test_configs_saved_before_an_extension_keep_it_off():
 
 
 def test_a_schedule_without_room_for_stage0_names_the_options(tmp_path):
-    with pytest.raises(ValueError, match=r"--pretrain-iterations.*is 1500.*= 400"):
+    with pytest.raises(ValueError, match=r"--pretrain-iterations.*is 2500.*= 400"):
         train(tmp_path, iterations=1000, progress=False, threads=None, export=False)  # default stage 0 and stage 3
     assert not (tmp_path / "last.pt").exists()

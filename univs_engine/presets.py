@@ -44,8 +44,8 @@ SWIN_OVERRIDES = {  # Swin stage-3 scripts: memory 6 and top-k 50 for most tasks
 
 # The small embedded model is trained on 256 x 256 clips of 3-5 frames (see models/MODEL_CARD.md) and runs at
 # its training scale. Its class probabilities are low (~0.3 for a correct thing), so VIS keeps entities from
-# 0.05 instead of the official 0.25 (shipped model, 24 val videos: VIS AP 0.189 -> 0.240, class-agnostic
-# 0.360 -> 0.472; 0.1 and 0.2 gave 0.240 and 0.200).
+# 0.05 instead of the official 0.25 (measured with the 1500-iteration stage-0 model, 24 val videos: VIS AP
+# 0.189 -> 0.240, class-agnostic 0.360 -> 0.472; 0.1 and 0.2 gave 0.240 and 0.200).
 SMALL = {task: replace(p, clip_len=3, min_size=256, max_size=640, prompt_tokens=64) for task, p in R50.items()}
 SMALL["vis"] = replace(SMALL["vis"], class_threshold=0.05)
 SMALL["vis_ovis"] = replace(SMALL["vis_ovis"], class_threshold=0.05)

@@ -37,7 +37,7 @@ CHECKPOINT_NAME = "last.pt"
 @dataclass
 class TrainConfig:
     config: str = "small"
-    iterations: int = 4500
+    iterations: int = 5500
     seed: int = 0
     size: int = 256                 # square training frames
     clip_len: int = 3               # stage 2 clip length
@@ -60,7 +60,7 @@ class TrainConfig:
     stage3_lr_ratio: float = 0.2    # stage-3 lr = lr * ratio, cosine to a tenth of that
     token_rows: bool = True         # train the token-table rows the synthetic text uses (a delta table)
     token_lr_mult: float = 10.0     # learning-rate multiplier of those rows
-    pretrain_iterations: int = 1500 # stage 0, the first N iterations: the backbone names object crops
+    pretrain_iterations: int = 2500 # stage 0, the first N iterations: the backbone names object crops
     pretrain_lr: float = 3e-3       # (constant, after a short warmup)
     pretrain_videos: int = 8        # training videos whose things are cropped per stage-0 iteration
     loss: LossConfig = field(default_factory=LossConfig)
