@@ -69,6 +69,12 @@ def export_model(model: TrainingModel, dst: str | os.PathLike, extra_metadata: d
     return dst
 
 
+def run_metadata(tc, iteration: int, wall_time_s: float) -> dict[str, str]:
+    """What an exported file records of the run that made it (`tc`: its TrainConfig)."""
+    return {"iterations": str(iteration), "train_wall_time_s": f"{wall_time_s:.0f}",
+            "train_config": json.dumps(asdict(tc))}
+
+
 def export_checkpoint(ckpt: str | os.PathLike, dst: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> Path:
     """Export from a training checkpoint (`last.pt`)."""
     from .train import TrainConfig, build_training_model, load_training_checkpoint
@@ -79,8 +85,7 @@ def export_checkpoint(ckpt: str | os.PathLike, dst: str | os.PathLike, extra_met
     if "token_delta" in state["model"]:
         model.enable_token_delta()
     model.load_state_dict(state["model"])
-    meta = {"iterations": str(state["iteration"]), "train_wall_time_s": f"{state.get('wall_time', 0):.0f}",
-            "train_config": json.dumps(asdict(tc))}
+    meta = run_metadata(tc, int(state["iteration"]), float(state.get("wall_time", 0)))
     meta.update(extra_metadata or {})
     return export_model(model, dst, meta)
 

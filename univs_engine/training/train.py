@@ -322,11 +322,10 @@ def train(out_dir: str | os.PathLike, iterations: int | None = None, resume: boo
     wall = wall0 + time.time() - t0
     summary = {"iteration": it, "iterations": tc.iterations, "wall_time_s": round(wall, 1), "checkpoint": str(ckpt_path)}
     if it >= tc.iterations and export is not False:
-        from .export import export_model
+        from .export import export_model, run_metadata
 
         dst = Path(export) if export else out / "univs_small.safetensors"
-        export_model(model, dst, extra_metadata={"iterations": str(it), "train_wall_time_s": f"{wall:.0f}",
-                                                 "train_config": json.dumps(asdict(tc))})
+        export_model(model, dst, extra_metadata=run_metadata(tc, it, wall))
         summary["export"] = str(dst)
     return summary
 
