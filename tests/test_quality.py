@@ -1,6 +1,6 @@
 """Accuracy floors of the shipped small model on held-out generated videos, through the public API and
 the project's metrics. Floors sit a few points under what tools/bench_quality.py measured with these
-exact settings (8 val videos x 10 frames at 256x256; see models/MODEL_CARD.md), so a regression in the
+exact settings (8 val videos x 10 frames at 256x256; see univs_engine/weights/MODEL_CARD.md), so a regression in the
 engine, the presets or the shipped weights fails here."""
 import sys
 from pathlib import Path

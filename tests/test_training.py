@@ -218,7 +218,7 @@ def test_entity_check_reports_things_and_stuff_apart():
     from univs_engine.training.evaluate import _videos, eval_entities
     from univs_engine.training.export import load_shipped
 
-    model, _text, emb, _ = load_shipped(str(Path(__file__).resolve().parents[1] / "models" / "univs_small.safetensors"))
+    model, _text, emb, _ = load_shipped(str(Path(__file__).resolve().parents[1] / "univs_engine" / "weights" / "univs_small.safetensors"))
     res = eval_entities(model, emb, _videos(3, 4, 256))
     assert res["entity_class_acc_stuff"] >= 0.9
     assert 0.0 <= res["entity_class_acc_things"] <= 1.0
@@ -306,7 +306,7 @@ def test_crop_loss_can_stay_on_after_stage0(tmp_path):
 
 
 def test_train_command_defaults_are_the_shipped_recipe():
-    """`univs train --out R` is the run that made models/univs_small.safetensors (its config is in the file)."""
+    """`univs train --out R` is the run that made univs_engine/weights/univs_small.safetensors (its config is in the file)."""
     from safetensors import safe_open
 
     from univs_engine.api import small_model_path

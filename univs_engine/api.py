@@ -98,10 +98,9 @@ class UniVSModel:
 
 def small_model_path() -> Path:
     """The model trained and shipped by this project."""
-    for p in (PACKAGE_DIR / "weights" / "univs_small.safetensors",
-              PACKAGE_DIR.parent / "models" / "univs_small.safetensors"):
-        if p.is_file():
-            return p
+    path = PACKAGE_DIR / "weights" / "univs_small.safetensors"
+    if path.is_file():
+        return path
     raise CheckpointError("the built-in small model file univs_small.safetensors is missing from "
                           f"{PACKAGE_DIR / 'weights'}; reinstall the package or retrain it (README: univs train)")
 

@@ -42,7 +42,7 @@ SWIN_OVERRIDES = {  # Swin stage-3 scripts: memory 6 and top-k 50 for most tasks
     "memory_frames": 6, "topk": 50,
 }
 
-# The small embedded model is trained on 256 x 256 clips of 3-5 frames (see models/MODEL_CARD.md) and runs at
+# The small embedded model is trained on 256 x 256 clips of 3-5 frames (see univs_engine/weights/MODEL_CARD.md) and runs at
 # its training scale. Its class probabilities are low (~0.3 for a correct thing), so VIS keeps entities from
 # 0.05 instead of the official 0.25 (measured with the 1500-iteration stage-0 model, 24 val videos: VIS AP
 # 0.189 -> 0.240, class-agnostic 0.360 -> 0.472; 0.1 and 0.2 gave 0.240 and 0.200).

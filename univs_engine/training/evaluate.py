@@ -9,7 +9,7 @@
 * Entities: learnable queries on single frames, Hungarian-matched to the things and stuff; mean IoU of the
   matched masks and accuracy of the matched queries' classes (cosine classifier on the class embeddings).
 
-    python -m univs_engine.training.evaluate models/univs_small.safetensors --videos 16
+    python -m univs_engine.training.evaluate univs_engine/weights/univs_small.safetensors --videos 16
 """
 from __future__ import annotations
 

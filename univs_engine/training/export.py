@@ -1,6 +1,6 @@
-"""Export a trained model to the shipped single-file layout (`models/univs_small.safetensors`).
+"""Export a trained model to the shipped single-file layout (`univs_engine/weights/univs_small.safetensors`).
 
-Layout (see models/MODEL_CARD.md):
+Layout (see univs_engine/weights/MODEL_CARD.md):
 * `backbone.*`, `sem_seg_head.*`: the UniVS network in the official key layout, fp32. The training-time
   BatchNorm layers are exported as FrozenBN (weight, bias, running_mean, running_var), and `reid_temp` is
   set to `cls_temp` (the loaders read the logit scale from `reid_temp`, as the official checkpoints share it).

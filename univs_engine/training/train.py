@@ -387,7 +387,7 @@ def _run_config(a: argparse.Namespace) -> tuple[TrainConfig, dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`univs train` entry point. Its defaults are the recipe of the shipped model (models/MODEL_CARD.md)."""
+    """`univs train` entry point. Its defaults are the recipe of the shipped model (univs_engine/weights/MODEL_CARD.md)."""
     a, tc, extra = parse_args(argv)
     summary = train(a.out, a.iterations, resume=not a.no_resume, config=tc, progress=not a.no_progress, threads=a.threads,
                     export=a.export, stop_after=a.stop_after, checkpoint_minutes=a.checkpoint_minutes, **extra)
