@@ -38,6 +38,10 @@ UniVSTracks = io.Custom("UNIVS_TRACKS")
 MODEL_DOCS_URL = "https://github.com/MinghanLi/UniVS/blob/main/Model_zoo.md"
 
 runtime.register_model_folder(folder_paths)
+SAMPLE_VIDEO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "sample.mp4")
+if runtime.place_sample_video(SAMPLE_VIDEO, folder_paths.get_input_directory()) is None:
+    log.warning("UniVS: could not copy the sample clip into %s; the templates' Load Video needs %s there",
+                folder_paths.get_input_directory(), runtime.SAMPLE_NAME)
 
 
 # =============================================================================================== shared helpers
@@ -113,6 +117,19 @@ def _check_handle(model: Any) -> runtime.UniVSHandle:
     return model
 
 
+def _fps_input():
+    return io.Float.Input("fps", default=0.0, min=0.0, max=240.0, step=0.001,
+                          tooltip="Frame rate of an IMAGE batch (connect GetVideoComponents' fps) so exports play "
+                                  "at the video's speed; 0 = the VIDEO's own rate, or unknown.")
+
+
+def _source_fps(fps: float, video: Any, source: Any) -> float | None:
+    """The frame rate the tracks carry: the fps input, else a VIDEO's own rate; None for an IMAGE batch without it."""
+    if fps:
+        return float(fps)
+    return float(source.fps) if video is not None else None
+
+
 def _range_inputs():
     return [
         io.Int.Input("start_frame", default=0, min=0, max=10_000_000, tooltip="First frame (0-based)."),
@@ -127,13 +144,6 @@ def _intermediate_output_flag() -> dict[str, Any]:
 
     names = {f.name for f in dataclasses.fields(io.Schema)} if dataclasses.is_dataclass(io.Schema) else set()
     return {"has_intermediate_output": True} if "has_intermediate_output" in names else {}
-
-
-def _linked(cls, index: int) -> bool:
-    try:
-        return runtime.output_is_linked(cls.hidden.prompt, cls.hidden.unique_id, index)
-    except Exception:
-        return True
 
 
 # =============================================================================================== loader
@@ -312,13 +322,13 @@ class PropagateMasks(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="UniVS_PropagateMasks",
-            display_name="UniVS Propagate Masks",
+            display_name="UniVS Rotoscope: Track Objects",
             category=CATEGORY,
             search_aliases=ALIASES + ["propagate", "vos", "tracking", "sam2 video", "object tracking"],
             description=(
                 "Tracks the prompted objects through the video (forward, backward or both from the prompt frames). "
-                "A VIDEO input is decoded in windows, so long clips use bounded memory; the 'masks' output is only "
-                "built when connected."
+                "A VIDEO input is decoded in windows, so long clips use bounded memory. The tracks are compact; "
+                "'UniVS Tracks to Mask' turns them into MASK batches."
             ),
             inputs=[
                 UniVSModelType.Input("model"),
@@ -330,17 +340,14 @@ class PropagateMasks(io.ComfyNode):
                 *_range_inputs(),
                 io.Combo.Input("preset", options=["auto", "vos", "pvos", "refvos"], default="auto", advanced=True,
                                tooltip="Inference settings: auto = refvos for text-only prompts, else vos."),
+                _fps_input(),
             ],
-            outputs=[
-                UniVSTracks.Output("tracks", tooltip="All objects, compact; feed the UniVS selector/export nodes."),
-                io.Mask.Output("masks", tooltip="Union of all objects per frame of the range [T, H, W]."),
-            ],
-            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
+            outputs=[UniVSTracks.Output("tracks", tooltip="All objects, compact; feed the UniVS selector/export nodes.")],
         )
 
     @classmethod
     def execute(cls, model, prompts, images=None, video=None, direction="both", start_frame=0, end_frame=-1,
-                preset="auto") -> io.NodeOutput:
+                preset="auto", fps=0.0) -> io.NodeOutput:
         from univs_engine.api import track
 
         handle = _check_handle(model)
@@ -356,13 +363,10 @@ class PropagateMasks(io.ComfyNode):
             total = len(rng) * (2 if direction == "both" else 1)
             tracks = _run_engine(track, handle, total, video=source, prompts=eprompts, direction=direction,
                                  start=rng.start, stop=rng.stop, preset=preset)
-            if getattr(tracks, "fps", None) is None:
-                tracks.fps = float(source.fps)
+            tracks.fps = _source_fps(fps, video, source)
         finally:
             _close(source, temp)
-        masks = (S.union_mask_tensor(tracks, tracks.object_ids, rng) if _linked(cls, 1)
-                 else torch.zeros((1, 1, 1)))
-        return io.NodeOutput(tracks, _intermediate(masks), ui={"text": [_tracks_summary(tracks)]})
+        return io.NodeOutput(tracks, ui={"text": [_tracks_summary(tracks)]})
 
 
 def _tracks_summary(tracks) -> str:
@@ -383,7 +387,8 @@ class PanopticVideo(io.ComfyNode):
             search_aliases=ALIASES + ["panoptic", "instance", "semantic", "vis", "vps", "vss", "classes", "legend"],
             description=(
                 "Segments every object of the chosen classes with ids that stay stable through the video "
-                "(instance / semantic / panoptic). Outputs the tracks, a colour id map and a JSON legend."
+                "(instance / semantic / panoptic). Outputs the tracks and a JSON legend; 'UniVS Overlay Preview' "
+                "draws them (opacity 1 without frames = a colour id map)."
             ),
             inputs=[
                 UniVSModelType.Input("model"),
@@ -397,18 +402,17 @@ class PanopticVideo(io.ComfyNode):
                                 placeholder="person, dog, car (used when vocabulary = custom)",
                                 tooltip="Class names separated by commas or new lines (vocabulary = custom)."),
                 *_range_inputs(),
+                _fps_input(),
             ],
             outputs=[
                 UniVSTracks.Output("tracks"),
-                io.Image.Output("id_map", tooltip="Colour-coded object map per frame (colours as in the legend)."),
                 io.String.Output("legend", tooltip="JSON: id, label, colour, score, frames of every object."),
             ],
-            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
         )
 
     @classmethod
     def execute(cls, model, images=None, video=None, task="panoptic", vocabulary="model default", custom_classes="",
-                start_frame=0, end_frame=-1) -> io.NodeOutput:
+                start_frame=0, end_frame=-1, fps=0.0) -> io.NodeOutput:
         from univs_engine.api import segment
 
         handle = _check_handle(model)
@@ -419,16 +423,10 @@ class PanopticVideo(io.ComfyNode):
             rng = S.frame_range(start_frame, end_frame, source.num_frames)
             tracks = _run_engine(segment, handle, len(rng), video=source, task=task, vocabulary=vocab,
                                  start=rng.start, stop=rng.stop)
-            if getattr(tracks, "fps", None) is None:
-                tracks.fps = float(source.fps)
+            tracks.fps = _source_fps(fps, video, source)
         finally:
             _close(source, temp)
-        if _linked(cls, 1):
-            id_map = torch.stack([torch.from_numpy(tracks.color_map(f)) for f in rng]).float().div_(255.0)
-        else:
-            id_map = torch.zeros((1, 1, 1, 3))
-        legend = S.legend_json(tracks)
-        return io.NodeOutput(tracks, _intermediate(id_map), legend, ui={"text": [_tracks_summary(tracks)]})
+        return io.NodeOutput(tracks, S.legend_json(tracks), ui={"text": [_tracks_summary(tracks)]})
 
 
 # =============================================================================================== cheap nodes
@@ -445,7 +443,8 @@ class TracksToMask(io.ComfyNode):
             display_name="UniVS Tracks to Mask",
             category=CATEGORY,
             search_aliases=ALIASES + ["select object", "object mask", "mask list"],
-            description="Masks of the selected objects, as one union MASK and as a list with one MASK per object. Never re-runs the model.",
+            description=("Masks of the selected objects as MASK batches [T, H, W]: their union, or one MASK per object "
+                         "(a list: downstream nodes run once per object). Never re-runs the model."),
             inputs=[
                 UniVSTracks.Input("tracks"),
                 _select_inputs(),
@@ -454,26 +453,25 @@ class TracksToMask(io.ComfyNode):
                              tooltip="Grow (>0) or shrink (<0) the masks by this many pixels."),
                 io.Float.Input("feather", default=0.0, min=0.0, max=100.0, step=0.5, advanced=True,
                                tooltip="Soften the edge: Gaussian blur sigma in pixels."),
+                io.Combo.Input("mode", options=["union", "per_object"], default="union",
+                               tooltip="union = one MASK of all selected objects; per_object = one MASK per object."),
             ],
             outputs=[
-                io.Mask.Output("mask", tooltip="Union of the selected objects [T, H, W]."),
-                io.Mask.Output("object_masks", is_output_list=True,
-                               tooltip="One MASK [T, H, W] per selected object (a list: downstream runs once per object)."),
+                io.Mask.Output("masks", is_output_list=True,
+                               tooltip="union: one MASK [T, H, W]; per_object: one MASK [T, H, W] per selected object "
+                                       "(a list: downstream runs once per item)."),
                 io.String.Output("object_ids", tooltip="The selected ids, comma separated, in the list's order."),
             ],
-            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
         )
 
     @classmethod
-    def execute(cls, tracks, select="", start_frame=0, end_frame=-1, grow=0, feather=0.0) -> io.NodeOutput:
+    def execute(cls, tracks, select="", start_frame=0, end_frame=-1, grow=0, feather=0.0,
+                mode="union") -> io.NodeOutput:
         S.check_tracks(tracks)
         ids = S.select_objects(tracks, select)
         rng = S.frame_range(start_frame, end_frame, tracks.num_frames)
-        union = S.union_mask_tensor(tracks, ids, rng, grow, feather) if _linked(cls, 0) else torch.zeros((1, 1, 1))
-        per = S.object_mask_tensors(tracks, ids, rng, grow, feather) if _linked(cls, 1) else []
-        if not per:
-            per = [torch.zeros((len(rng), tracks.height, tracks.width))] if _linked(cls, 1) else [torch.zeros((1, 1, 1))]
-        return io.NodeOutput(_intermediate(union), [_intermediate(m) for m in per], ",".join(str(i) for i in ids))
+        masks = S.mask_tensors(tracks, ids, rng, mode, grow, feather)
+        return io.NodeOutput([_intermediate(m) for m in masks], ",".join(str(i) for i in ids))
 
 
 class TracksToBBoxes(io.ComfyNode):
@@ -581,31 +579,35 @@ class ExportMatte(io.ComfyNode):
                 video=None, fps=0.0, start_frame=0, end_frame=-1, grow=0, feather=0.0) -> io.NodeOutput:
         S.check_tracks(tracks)
         ids = S.select_objects(tracks, select)
-        rng = S.frame_range(start_frame, end_frame, tracks.num_frames)
+        frames = S.segmented_frames(tracks, S.frame_range(start_frame, end_frame, tracks.num_frames))
         base = export.next_output_base(folder_paths.get_output_directory(), filename_prefix)
         source, temp, getter = None, None, None
-        rate = fps or getattr(tracks, "fps", None) or 24.0
-        if format in ("prores4444_mov", "webm_alpha") and (images is not None or video is not None):
+        rate = fps or tracks.fps
+        if format in export.VIDEO_FORMATS and (images is not None or video is not None):
             source, temp = _open_frames(images, video)
             if (source.num_frames, source.height, source.width) != (tracks.num_frames, tracks.height, tracks.width):
                 _close(source, temp)
                 raise ValueError(
                     f"images / video: {source.num_frames} frames of {source.width}x{source.height} do not match the "
                     f"tracks ({tracks.num_frames} frames of {tracks.width}x{tracks.height})")
-            if not fps and video is not None:
+            if not rate and video is not None:
                 rate = source.fps
             getter = _sequential_getter(source)
-        pbar = comfy.utils.ProgressBar(max(1, len(rng)))
+        pbar = comfy.utils.ProgressBar(max(1, len(frames)))
         try:
-            paths = export.export_mattes(tracks, ids, rng, format, base, per_object=(mode == "per_object"), grow=grow,
-                                         feather=feather, rgb_getter=getter, fps=rate,
+            paths = export.export_mattes(tracks, ids, frames, format, base, per_object=(mode == "per_object"),
+                                         grow=grow, feather=feather, rgb_getter=getter, fps=rate or 24.0,
                                          progress=runtime.make_progress(pbar))
         finally:
             if source is not None:
                 _close(source, temp)
         out_dir = folder_paths.get_output_directory()
         rel = [os.path.relpath(p, out_dir) for p in paths]
-        return io.NodeOutput("\n".join(str(p) for p in paths), ui={"text": ["Wrote (output folder):\n" + "\n".join(rel)]})
+        note = f"{len(frames)} frames ({frames[0]}..{frames[-1]})"
+        if format in export.VIDEO_FORMATS:
+            note += f" at {rate:g} fps" if rate else " at 24 fps (frame rate unknown: connect fps or the video)"
+        text = f"Wrote {note}, output folder:\n" + "\n".join(rel)
+        return io.NodeOutput("\n".join(str(p) for p in paths), ui={"text": [text]})
 
 
 def _sequential_getter(source):

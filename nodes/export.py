@@ -15,7 +15,7 @@ import torch
 
 from .select import refine_mask
 
-__all__ = ["FORMATS", "next_output_base", "object_groups", "export_mattes"]
+__all__ = ["FORMATS", "VIDEO_FORMATS", "next_output_base", "object_groups", "export_mattes"]
 
 FORMATS = {
     "png8": "8-bit PNG matte sequence",
@@ -23,6 +23,7 @@ FORMATS = {
     "prores4444_mov": "ProRes 4444 .mov with alpha (colour from the frames)",
     "webm_alpha": "VP9 .webm with alpha (colour from the frames)",
 }
+VIDEO_FORMATS = ("prores4444_mov", "webm_alpha")
 
 _SAFE = re.compile(r"[^A-Za-z0-9_\-]+")
 

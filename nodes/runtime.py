@@ -28,9 +28,12 @@ __all__ = [
     "UniVSHandle",
     "make_progress",
     "make_cancel",
-    "output_is_linked",
     "video_to_path",
+    "SAMPLE_NAME",
+    "place_sample_video",
 ]
+
+SAMPLE_NAME = "univs_sample.mp4"  # the file name the templates' Load Video nodes ask for
 
 MODEL_FOLDER = "univs"
 BUILTIN_MODEL = "univs_small (built-in)"
@@ -209,20 +212,38 @@ def make_cancel(mm: Any) -> Callable[[], bool]:
     return cancel
 
 
-# =============================================================================================== graph
-def output_is_linked(prompt: Any, unique_id: Any, index: int) -> bool:
-    """Whether output ``index`` of node ``unique_id`` feeds another node of the API-format ``prompt``.
+# =============================================================================================== sample video
+def place_sample_video(source: str | os.PathLike, input_dir: str | os.PathLike) -> str | None:
+    """Copy the pack's sample clip into ComfyUI's input folder as ``SAMPLE_NAME`` unless a file of that name is
+    already there (a user's file is never replaced). Returns the path, or None when the folder is not writable.
 
-    Unknown (no prompt, e.g. in tests or API use without hidden inputs) counts as linked.
+    The copy goes to a temporary name first and is linked into place, so a concurrent or interrupted start never
+    leaves a half-written video under the final name.
     """
-    if not isinstance(prompt, dict) or unique_id is None:
-        return True
-    uid = str(unique_id)
-    for node in prompt.values():
-        for v in (node.get("inputs") or {}).values() if isinstance(node, dict) else ():
-            if isinstance(v, (list, tuple)) and len(v) == 2 and str(v[0]) == uid and int(v[1]) == index:
-                return True
-    return False
+    dst = os.path.join(os.fspath(input_dir), SAMPLE_NAME)
+    if os.path.lexists(dst):
+        return dst
+    try:
+        os.makedirs(input_dir, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".univs_sample.", suffix=".tmp", dir=input_dir)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out)
+        try:
+            os.link(tmp, dst)  # fails if the name appeared meanwhile: nothing is overwritten
+        except FileExistsError:
+            pass
+        except OSError:  # file systems without hard links
+            if not os.path.lexists(dst):
+                os.replace(tmp, dst)
+        return dst
+    except OSError:
+        return None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 # =============================================================================================== VIDEO input

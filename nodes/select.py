@@ -22,6 +22,8 @@ __all__ = [
     "refine_mask",
     "union_mask_tensor",
     "object_mask_tensors",
+    "mask_tensors",
+    "segmented_frames",
     "bounding_boxes_per_frame",
     "bbox_per_frame",
     "legend_json",
@@ -168,6 +170,28 @@ def object_mask_tensors(
                 m[k] = torch.from_numpy(tracks.mask(f, oid))
         out.append(refine_mask(m, grow, feather) if (grow or feather) else m)
     return out
+
+
+def mask_tensors(tracks: Any, obj_ids: Sequence[int], frames: Iterable[int], mode: str, grow: int = 0,
+                 feather: float = 0.0) -> list[torch.Tensor]:
+    """``mode`` "union": ``[union MASK]``; "per_object": one MASK per object (an empty MASK when none is selected,
+    so downstream nodes still get a frame-aligned batch)."""
+    frames = list(frames)
+    if mode == "union":
+        return [union_mask_tensor(tracks, obj_ids, frames, grow, feather)]
+    if mode != "per_object":
+        raise ValueError(f"mode: {mode!r} is not one of union, per_object")
+    return object_mask_tensors(tracks, obj_ids, frames, grow, feather) or [
+        torch.zeros((len(frames), tracks.height, tracks.width), dtype=torch.float32)]
+
+
+def segmented_frames(tracks: Any, frames: range) -> list[int]:
+    """The frames of ``frames`` a run processed; a clear error when none was (nothing to write there)."""
+    done = tracks.segmented_frames(frames)
+    if not done:
+        raise ValueError(f"start_frame / end_frame: none of frames {frames.start}..{frames.stop - 1} was segmented; "
+                         "widen the range of the run or of this node")
+    return done
 
 
 def _edge_box(tracks: Any, f: int, oid: int) -> tuple[int, int, int, int] | None:

@@ -486,7 +486,7 @@ def test_device_and_precision():
         R.resolve_precision("bf16", torch.device("cpu"), mm)
 
 
-def test_progress_cancel_and_link_detection():
+def test_progress_and_cancel():
     calls = []
     R.make_progress(SimpleNamespace(update_absolute=lambda v, t: calls.append((v, t))))(3, 10)
     assert calls == [(3, 10)]
@@ -495,10 +495,6 @@ def test_progress_cancel_and_link_detection():
     assert cancel() is False
     flag["v"] = True
     assert cancel() is True
-    prompt = {"5": {"class_type": "UniVS_PropagateMasks", "inputs": {}},
-              "6": {"class_type": "X", "inputs": {"tracks": ["5", 0], "w": 3}}}
-    assert R.output_is_linked(prompt, "5", 0) and not R.output_is_linked(prompt, "5", 1)
-    assert R.output_is_linked(None, None, 1)
 
 
 def test_video_to_path(tmp_path):
@@ -586,3 +582,20 @@ def test_official_pth_is_converted_once_beside_itself(tmp_path):
     assert runtime.converted_checkpoint(str(src)) == out  # second time: reused, not rewritten
     assert Path(out).stat().st_mtime_ns == stamp
     assert runtime.converted_checkpoint(out) == out
+
+
+def test_sample_video_placed_once_and_never_over_a_users_file(tmp_path):
+    src = ROOT / "assets" / "sample.mp4"
+    inp = tmp_path / "input"
+    path = R.place_sample_video(src, inp)
+    assert path == str(inp / R.SAMPLE_NAME) and (inp / R.SAMPLE_NAME).read_bytes() == src.read_bytes()
+    assert [p.name for p in inp.iterdir()] == [R.SAMPLE_NAME]  # no temporary file left
+    (inp / R.SAMPLE_NAME).write_bytes(b"the user's own clip")
+    assert R.place_sample_video(src, inp) == path
+    assert (inp / R.SAMPLE_NAME).read_bytes() == b"the user's own clip"
+
+
+def test_sample_video_unwritable_input_folder_is_reported(tmp_path):
+    blocker = tmp_path / "input"
+    blocker.write_text("a file where the folder should be")
+    assert R.place_sample_video(ROOT / "assets" / "sample.mp4", blocker) is None

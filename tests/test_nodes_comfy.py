@@ -112,10 +112,12 @@ def test_workflow_widgets_match_the_schemas():
 # ============================================================================================== cheap nodes
 def test_tracks_to_mask_union_list_and_ids():
     tr = make_tracks()
-    out = N.TracksToMask.execute(tracks=tr, select="person, car", start_frame=1, end_frame=2)
-    union, per, ids = out.args
-    assert union.shape == (2, 24, 32) and isinstance(per, list) and len(per) == 2 and ids == "1,2"
+    (union,), ids = N.TracksToMask.execute(tracks=tr, select="person, car", start_frame=1, end_frame=2).args
+    per, ids_per = N.TracksToMask.execute(tracks=tr, select="person, car", start_frame=1, end_frame=2,
+                                          mode="per_object").args
+    assert union.shape == (2, 24, 32) and isinstance(per, list) and len(per) == 2 and ids == ids_per == "1,2"
     assert per[1][0].sum() == 80 and per[1][1].sum() == 0
+    assert torch.equal(union, torch.maximum(per[0], per[1]))
     with pytest.raises(ValueError, match="select: no object labelled 'dog'"):
         N.TracksToMask.execute(tracks=tr, select="dog")
 
@@ -143,6 +145,14 @@ def test_export_matte_writes_into_output_folder(tmp_path, monkeypatch):
     assert [Path(p).name for p in paths] == ["1_person", "2_car"]
     assert len(list(Path(paths[0]).glob("*.png"))) == 4
     assert "univs/t_00001/1_person" in out.ui["text"][0]
+    partial = Tracks(4, 24, 32)
+    partial.add_object(1)
+    partial.set_mask(1, 1, np.ones((24, 32), bool))
+    partial.mark_segmented(2)  # processed, object absent
+    out = N.ExportMatte.execute(tracks=partial, format="png8", filename_prefix="univs/p")
+    assert sorted(p.name for p in Path(out.args[0]).glob("*.png")) == ["00001.png", "00002.png"]
+    with pytest.raises(ValueError, match="none of frames 3..3 was segmented"):
+        N.ExportMatte.execute(tracks=partial, format="png8", start_frame=3)
     with pytest.raises(ValueError, match="do not match the tracks"):
         N.ExportMatte.execute(tracks=tr, format="prores4444_mov", images=torch.rand(2, 24, 32, 3))
 
@@ -212,12 +222,16 @@ def test_propagate_masks_converts_inputs_and_reports_progress(monkeypatch):
     monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda v, t, preview, node_id=None: updates.append((v, t)))
     prompts = N.PromptTarget.execute(frame_index=1, object_id=0, label="x", bboxes={"x": 1, "y": 1, "width": 3, "height": 3}).args[0]
     images = torch.rand(5, 8, 10, 3)
-    tracks, masks = N.PropagateMasks.execute(model=_handle(), prompts=prompts, images=images, direction="forward",
-                                             start_frame=1, end_frame=3).args
+    (tracks,) = N.PropagateMasks.execute(model=_handle(), prompts=prompts, images=images, direction="forward",
+                                         start_frame=1, end_frame=3, fps=12.5).args
+    (masks,), _ = N.TracksToMask.execute(tracks=tracks, start_frame=1, end_frame=3).args
     assert calls["start"] == 1 and calls["stop"] == 4 and calls["preset"] == "auto" and calls["direction"] == "forward"
     assert calls["prompts"][0].box == (1.0, 1.0, 4.0, 4.0)
-    assert masks.shape == (3, 8, 10) and masks[0].sum() == 4 and tracks.fps == 24.0
+    assert masks.shape == (3, 8, 10) and masks[0].sum() == 4 and tracks.fps == 12.5
+    assert tracks.segmented_frames() == [1, 2, 3]
     assert updates[-1] == (3, 3)
+    (unknown,) = N.PropagateMasks.execute(model=_handle(), prompts=prompts, images=images).args
+    assert unknown.fps is None  # an IMAGE batch without fps: no invented rate
     with pytest.raises(ValueError, match="connect only one of them"):
         N.PropagateMasks.execute(model=_handle(), prompts=prompts, images=images, video=object())
     with pytest.raises(ValueError, match="model: expected UNIVS_MODEL"):
@@ -269,12 +283,28 @@ def test_panoptic_from_core_video_streams_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(engine_api, "segment", fake_segment)
     monkeypatch.setattr(folder_paths, "get_temp_directory", lambda: str(tmp_path / "temp"))
-    tracks, id_map, legend = N.PanopticVideo.execute(model=_handle(), video=InputImpl.VideoFromFile(str(path)),
-                                                     task="instance", vocabulary="custom", custom_classes="person, dog").args
+    tracks, legend = N.PanopticVideo.execute(model=_handle(), video=InputImpl.VideoFromFile(str(path)),
+                                             task="instance", vocabulary="custom", custom_classes="person, dog").args
     assert seen == {"kind": "file", "n": 6, "task": "instance", "vocabulary": ["person", "dog"], "start": 0, "stop": 6}
-    assert id_map.shape == (6, 24, 32, 3) and json.loads(legend)[0]["label"] == "person"
+    assert json.loads(legend)[0]["label"] == "person"
     assert tracks.fps == pytest.approx(12.0)
     trimmed = InputImpl.VideoFromFile(str(path)).as_trimmed(start_time=1 / 12, duration=3 / 12)
     N.PanopticVideo.execute(model=_handle(), video=trimmed, vocabulary="ytvis21")
     assert seen["kind"] == "file" and 2 <= seen["n"] <= 4 and seen["vocabulary"] == "ytvis21"
     assert not list((tmp_path / "temp").glob("univs_trim_*")), "temporary trimmed copy must be removed"
+
+
+def test_outputs_never_depend_on_the_graph():
+    """ComfyUI caches a node's outputs by its inputs alone: a node that read its own links (hidden prompt /
+    unique_id) to skip unconnected outputs would hand a consumer connected later a cached placeholder."""
+    for cls in N.NODES:
+        hidden = set(cls.GET_SCHEMA().hidden or [])
+        assert not hidden & {io.Hidden.prompt, io.Hidden.unique_id}, cls.GET_SCHEMA().node_id
+
+
+def test_search_terms_reach_display_names():
+    """Frontend 1.49 ranks a match in the name or display name before alias-only matches (which it then orders by
+    how often core nodes are used), so each term a rotoscoper types must appear in a display name."""
+    names = [cls.GET_SCHEMA().display_name.lower() for cls in N.NODES]
+    for term in ("roto", "rotoscope", "matte", "track object"):
+        assert any(term in n for n in names), term

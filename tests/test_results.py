@@ -169,3 +169,15 @@ def test_memory_stays_small_for_1000_frames():
     assert sizes[1] < dense / 100
     assert sizes[1] < 2.2 * sizes[0]  # linear in the number of stored masks, nothing else grows
     assert tr.area(999, 1) == int(tr.mask(999, 1).sum())
+
+
+def test_segmented_frames_and_fps_survive_save_and_load(tmp_path):
+    tr = Tracks(6, 4, 5)
+    tr.add_object(1)
+    tr.set_mask(1, 1, np.ones((4, 5), bool))
+    tr.set_mask(2, 1, np.zeros((4, 5), bool))  # processed, object absent
+    tr.mark_segmented(4)
+    tr.fps = 12.5
+    assert tr.segmented_frames() == [1, 2, 4] and tr.segmented_frames(range(2, 6)) == [2, 4]
+    back = Tracks.load(tr.save(tmp_path / "t.npz"))
+    assert back.segmented_frames() == [1, 2, 4] and back.fps == 12.5 and not back.is_segmented(0)

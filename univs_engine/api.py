@@ -355,6 +355,7 @@ def track(model: UniVSModel, video, prompts: Sequence[Prompt], direction: str = 
     if direction not in ("forward", "backward", "both"):
         raise ValueError(f"direction must be forward, backward or both, not {direction!r}")
     tracks = into if into is not None else Tracks(source.num_frames, source.height, source.width)
+    tracks.fps = tracks.fps or source.fps
     for p in prompts:
         if p.obj_id not in tracks.object_ids:
             tracks.add_object(p.obj_id, label=p.label or (p.text or ""))
@@ -489,10 +490,12 @@ def segment(model: UniVSModel, video, task: str = "instance", vocabulary: Sequen
     feeder = FrameFeeder(source, model, preset, range(start, stop))
     try:
         with model.autocast():
-            return entity.run_category_task(model.net, task, feeder, embeddings.to(model.device), names, things,
-                                            preset, progress=progress, cancel=cancel, cancelled=Cancelled)
+            tracks = entity.run_category_task(model.net, task, feeder, embeddings.to(model.device), names, things,
+                                              preset, progress=progress, cancel=cancel, cancelled=Cancelled)
     finally:
         feeder.close()
+    tracks.fps = source.fps
+    return tracks
 
 
 def resolve_vocabulary(model: UniVSModel, vocabulary):

@@ -14,9 +14,11 @@ Storage rules
 File format of :meth:`Tracks.save` (a single uncompressed ``.npz``, loadable with ``allow_pickle=False``):
 
 =================  =========================================================================================
-``meta``           uint8 bytes of a UTF-8 JSON object: ``format`` ("univs-tracks"), ``version`` (1),
-                   ``num_frames``, ``height``, ``width``, ``objects`` = list of
+``meta``           uint8 bytes of a UTF-8 JSON object: ``format`` ("univs-tracks"), ``version`` (2),
+                   ``num_frames``, ``height``, ``width``, ``fps`` (null when unknown), ``objects`` = list of
                    ``{obj_id, label, category, isthing, score}`` in insertion order
+``segmented``      uint8 [ceil(num_frames / 8)] packed bits: frames a run processed (version 1 files:
+                   every frame)
 ``entry_obj``      int64 [E]   object id of each stored mask
 ``entry_frame``    int64 [E]   frame index of each stored mask
 ``entry_conf``     float64 [E] confidence
@@ -43,7 +45,7 @@ from . import rle as _rle
 __all__ = ["ObjectInfo", "Tracks", "object_color"]
 
 _FORMAT = "univs-tracks"
-_VERSION = 1
+_VERSION = 2
 
 
 def object_color(obj_id: int) -> tuple[int, int, int]:
@@ -101,6 +103,10 @@ class Tracks:
         self.num_frames = int(num_frames)
         self.height = int(height)
         self.width = int(width)
+        self.fps: float | None = None  # the source video's frame rate, when known
+        # Frames a run processed: an unprocessed frame must not look like "object absent" (a partial run, or a
+        # propagation over part of the video).
+        self._segmented = np.zeros(self.num_frames, dtype=bool)
         self._objects: dict[int, ObjectInfo] = {}
         # obj_id -> frame_idx -> (counts, confidence)
         self._masks: dict[int, dict[int, tuple[np.ndarray, float]]] = {}
@@ -204,7 +210,21 @@ class Tracks:
             raise ValueError(f"counts sum to {total}, expected {self.height * self.width}")
         self._store(f, oid, c, confidence)
 
+    def mark_segmented(self, frame_idx: int) -> None:
+        """Record that ``frame_idx`` was processed (``set_mask`` / ``set_rle`` do this themselves)."""
+        self._segmented[self._check_frame(frame_idx)] = True
+
+    def is_segmented(self, frame_idx: int) -> bool:
+        return bool(self._segmented[self._check_frame(frame_idx)])
+
+    def segmented_frames(self, frames: Iterable[int] | None = None) -> list[int]:
+        """The processed frames among ``frames`` (default: the whole video), in the given order."""
+        if frames is None:
+            return np.flatnonzero(self._segmented).tolist()
+        return [f for f in frames if self.is_segmented(f)]
+
     def _store(self, f: int, oid: int, counts: np.ndarray, confidence: float) -> None:
+        self._segmented[f] = True
         per_obj = self._masks[oid]
         if _rle.rle_area(counts) == 0:
             per_obj.pop(f, None)
@@ -360,6 +380,7 @@ class Tracks:
             "num_frames": self.num_frames,
             "height": self.height,
             "width": self.width,
+            "fps": self.fps,
             "objects": [
                 {"obj_id": i.obj_id, "label": i.label, "category": i.category, "isthing": i.isthing, "score": i.score}
                 for i in self._objects.values()
@@ -383,6 +404,7 @@ class Tracks:
             "entry_conf": np.asarray(confs, dtype=np.float64),
             "entry_offset": offsets,
             "counts": counts,
+            "segmented": np.packbits(self._segmented),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -409,15 +431,21 @@ class Tracks:
                 meta = json.loads(bytes(z["meta"]).decode("utf-8"))
                 objs, frames, confs = z["entry_obj"], z["entry_frame"], z["entry_conf"]
                 offsets, counts = z["entry_offset"], z["counts"]
+                segmented = z["segmented"] if "segmented" in z.files else None
         except (OSError, KeyError, ValueError) as e:
             raise ValueError(f"not a valid tracks file: {path} ({e})") from e
         if meta.get("format") != _FORMAT or int(meta.get("version", -1)) > _VERSION:
             raise ValueError(f"not a tracks file of a supported version: {path}")
         tr = cls(meta["num_frames"], meta["height"], meta["width"])
+        tr.fps = meta.get("fps")
         for o in meta["objects"]:
             tr.add_object(o["obj_id"], o["label"], o["category"], o["isthing"], o["score"])
         for i in range(objs.size):
             tr.set_rle(int(frames[i]), int(objs[i]), counts[offsets[i] : offsets[i + 1]], float(confs[i]))
+        if segmented is None:  # version 1 recorded no processed frames: those files came from complete runs
+            tr._segmented[:] = True
+        else:
+            tr._segmented[:] = np.unpackbits(segmented, count=tr.num_frames).astype(bool)
         return tr
 
     # ------------------------------------------------------------------------------------------ bookkeeping

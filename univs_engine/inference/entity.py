@@ -971,6 +971,7 @@ def iter_category_task(model: "UniVS", task: str, frames: Callable[[int, int], t
                 if oid not in tracks:
                     tracks.add_object(oid, label=names[c], category=c, isthing=bool(things[c]))
                 tracks.set_mask(frame_ids[k], oid, labels == c)
+            tracks.mark_segmented(frame_ids[k])
             done += 1
             yield done, num_frames
             if cancel is not None and cancel():
@@ -999,6 +1000,7 @@ def iter_category_task(model: "UniVS", task: str, frames: Callable[[int, int], t
                             tracks.add_object(e + 1)
                         tracks.set_mask(frame_ids[win.start + j], e + 1, m,
                                         confidence=float(logits[r].sigmoid()[m].mean()))
+                    tracks.mark_segmented(frame_ids[win.start + j])
                     done += 1
                     yield done, num_frames
                     if cancel is not None and cancel():
@@ -1024,6 +1026,7 @@ def iter_category_task(model: "UniVS", task: str, frames: Callable[[int, int], t
                                 c = stuff_class[seg]
                                 tracks.add_object(seg, label=names[c], category=c, isthing=False)
                         tracks.set_mask(frame_ids[win.start + j], seg, m == seg)
+                    tracks.mark_segmented(frame_ids[win.start + j])
                     done += 1
                     yield done, num_frames
                     if cancel is not None and cancel():
