@@ -1,16 +1,16 @@
 // UniVS prompt editor for the "UniVS Prompt Target" node (plain ES module, no build step).
 //
-// Shows one video frame (frames come from the node's optional `image` input after a queue, or from an uploaded
-// picture), a frame scrubber, and lets the user click positive / negative points and drag boxes for several
-// objects, each in the colour the engine uses for that object id. The state is written as JSON into the node's
-// `editor` widget, so it is saved inside the workflow and sent to the backend with the prompt.
+// Shows one video frame (frames come from the node's optional `image` input after a queue, or from a picture
+// uploaded into ComfyUI's input folder), a frame scrubber, and lets the user click positive / negative points and
+// drag boxes for several objects, each in the colour the engine uses for that object id. The state is written as
+// JSON into the node's `editor` widget, so it is saved inside the workflow and sent to the backend with the prompt.
 //
 // Controls: click = positive point, right-click or shift+click = negative point, drag = box,
 // click on an existing point of the active object = remove it.
 
 const NODE_ID = "UniVS_PromptTarget";
 const STATE_WIDGET = "editor";
-const MAX_UPLOAD_SIDE = 1024;
+const UPLOAD_SUBFOLDER = "univs";
 
 async function getApp() {
   if (window.comfyAPI?.app?.app) return window.comfyAPI.app.app;
@@ -70,8 +70,7 @@ class PromptEditor {
     this.activeId = this.state.objects[0]?.id ?? 1;
     this.drag = null;
     this.buildDom();
-    const upload = node.properties?.univs_upload;
-    if (upload?.url) this.setFrames([{ frame: upload.frame ?? 0, url: upload.url }], upload.size);
+    this.restoreUpload();
     this.refreshObjects();
     this.draw();
   }
@@ -86,13 +85,17 @@ class PromptEditor {
       onchange: () => { const o = this.obj(this.activeId, true); o.label = this.labelInput.value; this.save(); this.refreshObjects(); } });
     const btn = (text, title, fn) => el("button", { textContent: text, title, onclick: (e) => { e.preventDefault(); fn(); } });
     this.fileInput = el("input", { type: "file", accept: "image/*", style: { display: "none" },
-      onchange: () => this.upload(this.fileInput.files?.[0]) });
+      onchange: () => {
+        const file = this.fileInput.files?.[0];
+        this.fileInput.value = ""; // so picking the same file again still fires onchange
+        this.upload(file);
+      } });
     const tools = el("div", { style: bar }, [
       this.objectSelect, this.labelInput,
       btn("+ object", "Add a new object", () => this.newObject()),
       btn("clear frame", "Remove the active object's clicks and box on this frame", () => this.clearFrame()),
       btn("delete object", "Remove the active object everywhere", () => this.deleteObject()),
-      btn("upload frame", "Use a picture as the frame to click on (its size must be the video size)", () => this.fileInput.click()),
+      btn("upload frame", "Use a picture as frame `frame_index` to click on (its size must be the video size)", () => this.fileInput.click()),
       this.fileInput,
     ]);
     this.canvas = el("canvas", { width: 512, height: 288, style: { width: "100%", flex: "1 1 auto", minHeight: "120px",
@@ -215,49 +218,69 @@ class PromptEditor {
     this.slider.value = this.frameIdx;
     const f = this.frames[this.frameIdx];
     if (!f) return this.draw();
-    const total = this.size?.[2] ? ` / ${this.size[2] - 1}` : "";
+    const total = this.size?.[2] > 1 ? ` / ${this.size[2] - 1}` : "";
     this.frameLabel.textContent = `frame ${f.frame}${total}`;
     const img = new Image();
+    // Only the frame still selected may land: scrubbing fires loads that can finish out of order.
+    const current = () => this.frames[this.frameIdx] === f;
     img.onload = () => {
+      if (!current()) return;
       this.image = img;
       if (!this.size) this.size = [img.naturalWidth, img.naturalHeight, 1];
+      this.draw();
+    };
+    // A referenced file may be missing (workflow opened on another machine): show the placeholder, not a stale frame.
+    img.onerror = () => {
+      if (!current()) return;
+      this.image = null;
+      this.frameLabel.textContent = `frame ${f.frame}: image not found`;
       this.draw();
     };
     img.src = f.url;
   }
 
+  viewUrl({ filename, subfolder = "", type = "input" }) {
+    return this.api.apiURL(`/view?filename=${encodeURIComponent(filename)}&subfolder=${encodeURIComponent(subfolder)}&type=${type}`);
+  }
+
+  // Older workflows carry the still inline as a data URL (`url`); newer ones only a reference to ComfyUI's input folder.
+  restoreUpload() {
+    const upload = this.node.properties?.univs_upload;
+    if (!upload?.url && !upload?.filename) return;
+    this.setFrames([{ frame: upload.frame ?? 0, url: upload.url ?? this.viewUrl(upload) }], upload.size);
+  }
+
   onExecuted(output) {
     const frames = output?.univs_frames;
     if (!frames?.length) return;
-    const list = frames.map((f) => ({
-      frame: f.frame,
-      url: this.api.apiURL(`/view?filename=${encodeURIComponent(f.filename)}&subfolder=${encodeURIComponent(f.subfolder)}&type=${f.type}`),
-    }));
-    this.setFrames(list, output.univs_size);
+    this.setFrames(frames.map((f) => ({ frame: f.frame, url: this.viewUrl(f) })), output.univs_size);
   }
 
-  upload(file) {
+  // The file goes to ComfyUI's input folder, so the workflow keeps a small reference instead of the picture.
+  async upload(file) {
     if (!file) return;
-    const reader = new FileReader();
-    reader.onload = () => {
-      const img = new Image();
-      img.onload = () => {
-        const W = img.naturalWidth, H = img.naturalHeight;
-        const scale = Math.min(1, MAX_UPLOAD_SIDE / Math.max(W, H));
-        const c = document.createElement("canvas");
-        c.width = Math.round(W * scale);
-        c.height = Math.round(H * scale);
-        c.getContext("2d").drawImage(img, 0, 0, c.width, c.height);
-        const url = c.toDataURL("image/jpeg", 0.85);
-        const frame = this.currentFrame();
-        this.node.properties = this.node.properties || {};
-        this.node.properties.univs_upload = { url, size: [W, H, 1], frame };
-        this.size = [W, H, 1];
-        this.setFrames([{ frame, url }], [W, H, 1]);
-      };
-      img.src = reader.result;
-    };
-    reader.readAsDataURL(file);
+    // The clicks on the still belong to the node's frame_index, not to whatever the scrubber showed before.
+    const frame = Number(this.node.widgets?.find((w) => w.name === "frame_index")?.value) || 0;
+    try {
+      const bitmap = await createImageBitmap(file); // also rejects files the browser cannot show
+      const size = [bitmap.width, bitmap.height, 1];
+      bitmap.close();
+      const body = new FormData();
+      body.append("image", file);
+      body.append("type", "input");
+      body.append("subfolder", UPLOAD_SUBFOLDER);
+      const res = await this.api.fetchApi("/upload/image", { method: "POST", body });
+      if (!res.ok) throw new Error(`HTTP ${res.status} ${await res.text()}`);
+      const { name, subfolder, type } = await res.json();
+      const upload = { filename: name, subfolder, type, frame, size };
+      this.node.properties = this.node.properties || {};
+      this.node.properties.univs_upload = upload;
+      this.frames = []; // a new source: start from frame_index again
+      this.restoreUpload();
+    } catch (e) {
+      console.error("[UniVS] frame upload failed", e);
+      this.frameLabel.textContent = `upload failed: ${e.message ?? e}`;
+    }
   }
 
   // ---------------------------------------------------------------- geometry
@@ -324,12 +347,14 @@ class PromptEditor {
     const g = c.getContext("2d");
     g.clearRect(0, 0, c.width, c.height);
     const { s, ox, oy } = this.layout();
-    if (this.image) g.drawImage(this.image, ox, oy, this.layout().W * s, this.layout().H * s);
-    else {
+    if (!this.image) {
+      // Prompts are in frame pixels: without the frame they would float at meaningless places.
       g.fillStyle = "#888";
       g.font = "12px sans-serif";
       g.fillText("No frame yet: connect `image` and queue, or upload a frame.", 10, 20);
+      return;
     }
+    g.drawImage(this.image, ox, oy, this.layout().W * s, this.layout().H * s);
     const k = String(this.currentFrame());
     for (const o of this.state.objects) {
       const cues = o.frames[k];
@@ -382,6 +407,12 @@ class PromptEditor {
       if (node?.comfyClass !== NODE_ID) return;
       const editor = new PromptEditor(node, api);
       node.univsEditor = editor;
+      // The JSON is written by the canvas, never typed. Hidden, it is still serialized (widget values are
+      // positional in saved workflows) and sent with the prompt; options.hidden is what Vue-rendered nodes read.
+      if (editor.widget) {
+        editor.widget.hidden = true;
+        (editor.widget.options ??= {}).hidden = true;
+      }
       node.addDOMWidget("univs_prompt_editor", "univs_prompt_editor", editor.root, {
         serialize: false,
         hideOnZoom: false,
@@ -402,8 +433,7 @@ class PromptEditor {
         previousConfigure?.apply(this, arguments);
         editor.state = parseState(editor.widget?.value);
         editor.activeId = editor.state.objects[0]?.id ?? 1;
-        const upload = node.properties?.univs_upload;
-        if (upload?.url) editor.setFrames([{ frame: upload.frame ?? 0, url: upload.url }], upload.size);
+        editor.restoreUpload();
         editor.refreshObjects();
         editor.draw();
       };
