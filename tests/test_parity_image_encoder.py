@@ -1,6 +1,10 @@
 """Backbones, MSDeformAttn and pixel decoder vs the official reference tensors and key manifests.
 
-Tolerances: every full tensor is compared with an ABSOLUTE max error of 1e-4 in fp32 (the references
+Reference set: the full one, or the reduced one carried in tests/reference_reduced (see tests/conftest.py):
+then each output is compared on the fixed subset stored for it (``ref.pick``), and the pixel decoder, which
+needs whole backbone maps, runs on our own backbone output (itself checked against stage (b) first).
+
+Tolerances: every tensor is compared with an ABSOLUTE max error of 1e-4 in fp32 (the references
 have magnitudes up to ~10; measured errors are ~1e-5 or less). The Swin-T file stores two pixel-decoder
 outputs only as sums over 256 channels (values up to ~40); a sum of 256 terms each within ~1e-5 can
 drift by more, so those two use 5e-4 absolute.
@@ -13,9 +17,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from conftest import reference_path
+from conftest import REDUCED, load_reference, reference_path
 from univs_engine import get_config
 from univs_engine.modeling.image_encoder import (FrozenBatchNorm2d, ResNet, SwinTransformer,
                                                  build_image_encoder, freeze_batch_norm)
@@ -33,7 +36,7 @@ LEVELS = ("res2", "res3", "res4", "res5")
 
 
 def fill_(module: torch.nn.Module, prefix: str, make_weights) -> torch.nn.Module:
-    """Fill with the shared rule; it seeds by the FULL checkpoint key, so prefix, generate, strip."""
+    """Fill with the reference weight rule; it seeds by the FULL checkpoint key, so prefix, generate, strip."""
     sd = make_weights.make_state_dict({prefix + k: v for k, v in module.state_dict().items()})
     module.load_state_dict({k[len(prefix):]: v for k, v in sd.items()}, strict=True)
     return module.to(DEVICE).eval()
@@ -76,18 +79,18 @@ def test_state_dict_matches_manifest(name):
 @pytest.fixture(scope="module")
 def r50_backbone_out(make_weights):
     backbone = fill_(build_image_encoder(get_config("r50")), BACKBONE, make_weights)
-    frames = load_file(reference_path("univs_r50_a_input.safetensors"), device=DEVICE)["frames_normalized"]
+    frames = load_reference("univs_r50_a_input.safetensors", DEVICE)["frames_normalized"]
     with torch.no_grad():
         return backbone(frames)
 
 
 def test_r50_backbone_parity(r50_backbone_out):
-    ref = load_file(reference_path("univs_r50_b_backbone.safetensors"))
+    ref = load_reference("univs_r50_b_backbone.safetensors")
     out = r50_backbone_out
-    assert max_err(out["res2"][:1], ref["res2_frame0"]) <= ATOL
-    assert max_err(out["res3"][:1], ref["res3_frame0"]) <= ATOL
-    assert max_err(out["res4"], ref["res4"]) <= ATOL
-    assert max_err(out["res5"], ref["res5"]) <= ATOL
+    assert max_err(ref.pick("res2_frame0", out["res2"][:1]), ref["res2_frame0"]) <= ATOL
+    assert max_err(ref.pick("res3_frame0", out["res3"][:1]), ref["res3_frame0"]) <= ATOL
+    assert max_err(ref.pick("res4", out["res4"]), ref["res4"]) <= ATOL
+    assert max_err(ref.pick("res5", out["res5"]), ref["res5"]) <= ATOL
 
 
 @pytest.fixture(scope="module")
@@ -97,16 +100,25 @@ def r50_pixel_decoder(make_weights):
 
 
 def _check_pixel_decoder(ref, mask_features, maps, frames):
-    assert max_err(mask_features, ref["mask_features"][frames]) <= ATOL
+    assert max_err(ref.pick("mask_features", mask_features), ref["mask_features"][frames]) <= ATOL
     for i, m in enumerate(maps):
-        assert max_err(m, ref[f"multi_scale_{i}"][frames]) <= ATOL
+        assert max_err(ref.pick(f"multi_scale_{i}", m), ref[f"multi_scale_{i}"][frames]) <= ATOL
 
 
-def test_r50_pixel_decoder_parity_frame0(r50_pixel_decoder):
-    """From the stored stage-(b) tensors: isolates the pixel decoder from the backbone."""
-    b = load_file(reference_path("univs_r50_b_backbone.safetensors"), device=DEVICE)
-    ref = load_file(reference_path("univs_r50_c_pixel_decoder.safetensors"))
-    feats = dict(res2=b["res2_frame0"], res3=b["res3_frame0"], res4=b["res4"][:1], res5=b["res5"][:1])
+def _frame0_backbone_maps(r50_backbone_out):
+    """Stage-(b) maps of frame 0, each [1, C, h, w]: the official ones with the full set, else our own
+    (compared with stage (b) in test_r50_backbone_parity)."""
+    if REDUCED:
+        return {k: v[:1] for k, v in r50_backbone_out.items()}
+    b = load_reference("univs_r50_b_backbone.safetensors", DEVICE)
+    return dict(res2=b["res2_frame0"], res3=b["res3_frame0"], res4=b["res4"][:1], res5=b["res5"][:1])
+
+
+def test_r50_pixel_decoder_parity_frame0(r50_pixel_decoder, r50_backbone_out):
+    """Full set: from the stored stage-(b) tensors, which isolates the pixel decoder from the backbone;
+    reduced set: from our own frame-0 backbone maps."""
+    ref = load_reference("univs_r50_c_pixel_decoder.safetensors")
+    feats = _frame0_backbone_maps(r50_backbone_out)
     with torch.no_grad():
         mask_features, maps = r50_pixel_decoder.forward_features(feats)
     assert mask_features.shape == (1, 256, 64, 64)
@@ -116,7 +128,7 @@ def test_r50_pixel_decoder_parity_frame0(r50_pixel_decoder):
 
 def test_r50_backbone_to_pixel_decoder_all_frames(r50_pixel_decoder, r50_backbone_out):
     """All 3 frames, chained from our own backbone output."""
-    ref = load_file(reference_path("univs_r50_c_pixel_decoder.safetensors"))
+    ref = load_reference("univs_r50_c_pixel_decoder.safetensors")
     with torch.no_grad():
         mask_features, maps = r50_pixel_decoder.forward_features(r50_backbone_out)
     _check_pixel_decoder(ref, mask_features, maps, slice(None))
@@ -137,18 +149,21 @@ def test_swint_backbone_and_pixel_decoder_parity(make_weights):
     backbone = fill_(build_image_encoder(cfg), BACKBONE, make_weights)
     assert isinstance(backbone, SwinTransformer) and backbone.out_channels == (96, 192, 384, 768)
     decoder = fill_(MSDeformAttnPixelDecoder(cfg, backbone.out_channels), PIXEL_DECODER, make_weights)
-    ref = load_file(reference_path("univs_swint_bde_small.safetensors"))
-    frame0 = load_file(reference_path("univs_r50_a_input.safetensors"), device=DEVICE)["frames_normalized"][:1]
+    ref = load_reference("univs_swint_bde_small.safetensors")
+    frame0 = load_reference("univs_r50_a_input.safetensors", DEVICE)["frames_normalized"][:1]
     with torch.no_grad():
         feats = backbone(frame0)
         mask_features, maps = decoder.forward_features(feats)
     for k in LEVELS:
-        assert max_err(feats[k], ref[f"backbone_{k}_frame0"]) <= ATOL, k
-    assert max_err(maps[0], ref["pixel_decoder_multi_scale_0_frame0"]) <= ATOL
-    assert max_err(maps[1], ref["pixel_decoder_multi_scale_1_frame0"]) <= ATOL
-    assert max_err(maps[2].sum(1), ref["pixel_decoder_multi_scale_2_frame0_sum_over_channels"]) <= ATOL_CHANNEL_SUM
-    assert max_err(mask_features.sum(1), ref["pixel_decoder_mask_features_frame0_sum_over_channels"]) \
-        <= ATOL_CHANNEL_SUM
+        key = f"backbone_{k}_frame0"
+        assert max_err(ref.pick(key, feats[k]), ref[key]) <= ATOL, k
+    for i in (0, 1):
+        key = f"pixel_decoder_multi_scale_{i}_frame0"
+        assert max_err(ref.pick(key, maps[i]), ref[key]) <= ATOL, key
+    key = "pixel_decoder_multi_scale_2_frame0_sum_over_channels"
+    assert max_err(ref.pick(key, maps[2].sum(1)), ref[key]) <= ATOL_CHANNEL_SUM
+    key = "pixel_decoder_mask_features_frame0_sum_over_channels"
+    assert max_err(ref.pick(key, mask_features.sum(1)), ref[key]) <= ATOL_CHANNEL_SUM
 
 
 def test_swin_padding_and_odd_sizes():
