@@ -73,3 +73,17 @@ def official_effective_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[s
         if key in out and source in out:
             out[key] = out[source].clone()
     return out
+
+
+def rule_digest(make_tensor, manifest) -> str:
+    """sha256 over every tensor ``make_tensor`` makes for a key-manifest file (key, dtype and bytes, in order)."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    h = hashlib.sha256()
+    for e in json.loads(Path(manifest).read_text())["entries"]:
+        t = make_tensor(e["key"], tuple(e["shape"]), getattr(torch, e["dtype"]))
+        h.update(e["key"].encode())
+        h.update(b"keep" if t is None else str(t.dtype).encode() + t.contiguous().numpy().tobytes())
+    return h.hexdigest()

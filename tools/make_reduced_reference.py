@@ -24,13 +24,18 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import weight_rule  # noqa: E402  (the digest is computed the way the test recomputes it)
 
 ROOT = Path(__file__).resolve().parents[1]
 COPY, WHOLE = "copy", "whole"
@@ -109,6 +114,20 @@ def reduce_file(src: Path, dst: Path, plan: dict) -> None:
     save_file(out, str(dst), metadata={"reduction": json.dumps(meta, sort_keys=True)})
 
 
+RULE_DIGEST = "weight_rule_digest.json"
+RULE_MANIFESTS = ("univs_r50_stage3_keys.json", "univs_clip_rn50x4_text_encoder_keys.json")
+
+
+def write_rule_digest(src: Path, dst: Path) -> None:
+    """The reference set's own rule (src/make_weights.py), fingerprinted, so a clone without the set can still
+    check the repository's rule against it entry for entry."""
+    spec = importlib.util.spec_from_file_location("reference_set_make_weights", src / "make_weights.py")
+    theirs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(theirs)
+    digests = {name: weight_rule.rule_digest(theirs.make_tensor, src / name) for name in RULE_MANIFESTS}
+    dst.write_text(json.dumps(digests, indent=1, sort_keys=True) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--src", type=Path, default=ROOT.parent / "shared" / "reference")
@@ -123,6 +142,7 @@ def main() -> None:
             reduce_file(src, dst, plan)
         dst.chmod(0o644)  # safetensors writes 0600; the copies get the umask's mode
         print(f"{dst.stat().st_size / 1e6:8.3f} MB  {sha256(dst)[:16]}  {name}")
+    write_rule_digest(args.src, args.dst / RULE_DIGEST)
     total = sum(p.stat().st_size for p in args.dst.iterdir())
     print(f"{total / 1e6:8.3f} MB  total in {args.dst}")
 
