@@ -105,6 +105,11 @@ class VideoMaskDecoder(nn.Module):
         T = multi_scale[0].shape[0]
         z = frame_phase(frame_indices, T, pe_variant or self.cfg.pe_variant, self.cfg.num_frames_pe)
         for i, x in enumerate(multi_scale):
+            # src inherits x's stride order, and F.linear rounds a contiguous 3D input (bias fused into the
+            # GEMM) differently from a strided one; the attention-mask threshold (sigmoid < 0.5) can turn
+            # that ulp into a flipped mask entry. So one layout for all callers: contiguous maps, as stored in
+            # the references and stacked by the clip loops (the pixel decoder returns strided views).
+            x = x.contiguous()
             h, w = x.shape[-2:]
             sizes.append((h, w))
             pe = sine_position_3d(h, w, z.to(x.device), self.cfg.hidden_dim // 2).to(x.dtype)
