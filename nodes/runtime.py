@@ -87,11 +87,14 @@ def resolve_model_file(folder_paths: Any, name: str, input_name: str) -> str | N
 
 def converted_checkpoint(path: str) -> str:
     """An official ``.pth`` is converted once to ``.safetensors`` beside it: later loads are faster and read
-    no pickle at all. The ``.pth`` is never modified; an existing ``.safetensors`` is used as it is; a folder
-    that cannot be written keeps using the ``.pth``."""
+    no pickle at all. The ``.pth`` is never modified; an existing ``.safetensors`` is used as it is; a
+    ``.safetensors`` that cannot be written there (read-only folder or file system, full disk, a folder in
+    the way: any OSError of the destination) keeps using the ``.pth``, with a log line saying why. A ``.pth``
+    that is itself refused (pickled code, broken weights) raises its CheckpointError."""
+    import logging
     from pathlib import Path
 
-    from univs_engine.checkpoint import convert_checkpoint
+    from univs_engine.checkpoint import CheckpointWriteError, convert_checkpoint
 
     src = Path(path)
     if src.suffix not in (".pth", ".pt"):
@@ -101,7 +104,9 @@ def converted_checkpoint(path: str) -> str:
         return str(dst)
     try:
         return str(convert_checkpoint(src, dst))
-    except PermissionError:
+    except (CheckpointWriteError, OSError) as e:  # CheckpointWriteError is an OSError too
+        logging.getLogger("univs").warning("UniVS: not converting %s to %s (%s); loading the .pth directly",
+                                           src.name, dst, e)
         return path
 
 

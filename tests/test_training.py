@@ -13,7 +13,7 @@ from univs_engine.training import train as train_mod
 from univs_engine.training.criterion import LossConfig, TrainingModel, compute_losses
 from univs_engine.training.data import sample_clip
 from univs_engine.training.losses import hungarian_match, mask_losses, reid_loss
-from univs_engine.training.train import TrainConfig, atomic_torch_save, load_training_checkpoint, train
+from univs_engine.training.train import TrainConfig, load_training_checkpoint, read_state_file, train, write_state_file
 
 torch.set_num_threads(1)
 
@@ -126,9 +126,11 @@ def test_stage3_freezes_encoder():
 
 
 def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
+    from univs_engine import checkpoint as ckpt_mod
+
     dst = tmp_path / "ck" / "last.pt"
-    atomic_torch_save({"x": torch.ones(3)}, dst)
-    assert torch.equal(torch.load(dst)["x"], torch.ones(3))
+    write_state_file({"x": torch.ones(3)}, dst)
+    assert torch.equal(read_state_file(dst)["x"], torch.ones(3))
 
     calls = []
     real_replace = os.replace
@@ -138,19 +140,19 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
         assert Path(src).parent == Path(d).parent and Path(src).stat().st_size > 0
         return real_replace(src, d)
 
-    monkeypatch.setattr(train_mod.os, "replace", spy)
-    atomic_torch_save({"x": torch.zeros(3)}, dst)
+    monkeypatch.setattr(ckpt_mod.os, "replace", spy)
+    write_state_file({"x": torch.zeros(3)}, dst)
     assert len(calls) == 1 and calls[0][1] == dst
 
-    def broken_save(obj, fh, *a, **k):
-        fh.write(b"partial")
-        raise OSError("disk full")
+    def broken_save(tensors, filename, *a, **k):
+        Path(filename).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(train_mod.torch, "save", broken_save)
-    with pytest.raises(OSError):
-        atomic_torch_save({"x": torch.full((3,), 7.0)}, dst)
+    monkeypatch.setattr(train_mod, "save_file", broken_save)
+    with pytest.raises(OSError, match="no space left"):
+        write_state_file({"x": torch.full((3,), 7.0)}, dst)
     monkeypatch.undo()
-    assert torch.equal(torch.load(dst)["x"], torch.zeros(3))  # previous checkpoint intact
+    assert torch.equal(read_state_file(dst)["x"], torch.zeros(3))  # previous checkpoint intact
     assert sorted(p.name for p in dst.parent.iterdir()) == ["last.pt"]  # no temp files left
 
 

@@ -9,7 +9,9 @@ does not grow with video length beyond the stored masks.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -18,7 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import CheckpointError, load_checkpoint, read_state_dict
+from .checkpoint import (CheckpointError, check_finite, describe_load_failure, load_checkpoint, load_weights,
+                         read_state_dict)
 from .config import UniVSConfig
 from .inference.vos import ClipSettings, PromptedClipLoop, TextTargets, mask_quality
 from .io.video import VideoSource, preprocess_frames
@@ -122,10 +125,31 @@ def load_model(checkpoint: str | os.PathLike = "small", text_encoder: str | os.P
     net = load_checkpoint(checkpoint, use_ema=use_ema)
     model = UniVSModel(net, name=Path(checkpoint).name)
     if text_encoder is not None:
-        model.text = TextPromptEncoder(load_text_encoder(text_encoder, net.cfg.text))
+        with _safe_load_errors(text_encoder, "text encoder file"):
+            te = load_text_encoder(text_encoder, net.cfg.text)
+        check_finite(te.state_dict(), text_encoder, "text encoder file")
+        model.text = TextPromptEncoder(te)
     if class_embeddings is not None:
-        model.class_embeddings["combined"] = load_category_embeddings(class_embeddings)
+        with _safe_load_errors(class_embeddings, "category embedding file"):
+            emb = load_category_embeddings(class_embeddings)
+        check_finite({"embeddings": emb}, class_embeddings, "category embedding file")
+        model.class_embeddings["combined"] = emb
     return model.to(device, dtype)
+
+
+@contextlib.contextmanager
+def _safe_load_errors(path, what: str):
+    """A text-encoder / embedding file torch refused is reported as the checkpoints are: pickled Python
+    objects named as such, and never torch's advice to load the file unsafely."""
+    from .modeling.text_encoder import TextEncoderLoadError
+
+    try:
+        yield
+    except TextEncoderLoadError as e:
+        cause = e.__cause__
+        if cause is not None and ("weights_only" in str(e) or isinstance(cause, pickle.UnpicklingError)):
+            raise TextEncoderLoadError(str(describe_load_failure(path, cause, what))) from None
+        raise
 
 
 def _is_small_format(path) -> bool:
@@ -143,15 +167,34 @@ def _load_small(path: Path, device, dtype) -> UniVSModel:
     from .modeling.univs import build_univs
 
     state, meta = read_state_dict(path)
-    net = build_univs(_small_config(meta))
+    try:
+        cfg = _small_config(meta)
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {path}: its metadata names {e}") from None
+    net = build_univs(cfg)
     weights = {k: v for k, v in state.items() if k.startswith(("backbone.", "sem_seg_head."))}
-    net.load_state_dict(weights, strict=True)
+    load_weights(net, weights, path, f"the {cfg.name} model")
     text = TextEncoder(net.cfg.text)
-    text.load_state_dict({k[len("text_encoder."):]: v for k, v in state.items() if k.startswith("text_encoder.")})
+    load_weights(text, {k[len("text_encoder."):]: v for k, v in state.items() if k.startswith("text_encoder.")},
+                 path, "the text encoder", key_prefix="text_encoder.")
+    unknown = [k for k in state if not k.startswith(("backbone.", "sem_seg_head.", "text_encoder."))
+               and k != "class_embeddings"]
+    if unknown:
+        raise CheckpointError(f"checkpoint {path} does not fit the built-in model layout: {len(unknown)} unexpected: "
+                              + ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else ""))
     model = UniVSModel(net, TextPromptEncoder(text.eval()), name=path.name)
     if "class_embeddings" in state:
-        model.class_embeddings["builtin"] = state["class_embeddings"].float()
-        model.vocabulary = meta.get("vocabulary", "").split("|")
+        emb = state["class_embeddings"]
+        if not emb.is_floating_point() or emb.dim() != 2:
+            raise CheckpointError(f"checkpoint {path}: tensor class_embeddings must be a 2-D floating point tensor, "
+                                  f"got {tuple(emb.shape)} {str(emb.dtype).removeprefix('torch.')}")
+        check_finite({"class_embeddings": emb}, path)
+        names = meta.get("vocabulary", "").split("|")
+        if emb.shape[1] != net.cfg.text.embed_dim or ("vocabulary" in meta and emb.shape[0] != len(names)):
+            raise CheckpointError(f"checkpoint {path}: tensor class_embeddings has shape {tuple(emb.shape)}, expected "
+                                  f"({len(names)}, {net.cfg.text.embed_dim}) (one row per vocabulary name)")
+        model.class_embeddings["builtin"] = emb.float()
+        model.vocabulary = names
         flags = meta.get("vocabulary_isthing", "").split("|")
         model.vocabulary_isthing = [f == "1" for f in flags] if len(flags) == len(model.vocabulary) \
             else [True] * len(model.vocabulary)

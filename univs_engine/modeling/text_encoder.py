@@ -323,17 +323,19 @@ _CLIP_NON_TEXT_KEYS = {"logit_scale", "logit_bias", "input_resolution", "context
 def _read_file(path: Path):
     if not path.is_file():
         raise FileNotFoundError(f"text encoder file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    from ..checkpoint import CheckpointError, torch_load_tensors
 
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
             return load_file(str(path), device="cpu")
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise TextEncoderLoadError(
-            f"could not read {path}: {type(exc).__name__}: {exc}. The file may be truncated or corrupt, or not a "
-            "PyTorch/safetensors weights file (only weights are loaded: torch.load(weights_only=True))."
-        ) from exc
+        except Exception as exc:  # noqa: BLE001  safetensors raises several types for bad files
+            raise TextEncoderLoadError(f"could not read {path}: {exc} (truncated or not a .safetensors file)") from None
+    try:
+        return torch_load_tensors(path, what="text-encoder file")
+    except CheckpointError as exc:  # names the file; never repeats torch's advice to load unsafely
+        raise TextEncoderLoadError(str(exc)) from None
 
 
 def read_text_encoder_state_dict(

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -171,6 +173,37 @@ def evaluate(model, text_encoder, class_embeddings, n_videos: int = 16, frames: 
     return res
 
 
+def _load_for_eval(weights: str):
+    """(UniVS model, text encoder, class embeddings) of an exported file, a training checkpoint or 'random';
+    every file is read without running code (CheckpointError when refused)."""
+    if weights == "random" or weights.endswith(".pt"):
+        from .export import export_tensors
+        from .train import TrainConfig, build_training_model, load_training_checkpoint
+
+        if weights == "random":
+            tm = build_training_model(TrainConfig())
+        else:
+            from ..checkpoint import load_weights
+            from .train import _config_of
+
+            state = load_training_checkpoint(weights)
+            tm = build_training_model(_config_of(state, Path(weights)))
+            if "token_delta" in state["model"]:
+                tm.enable_token_delta()
+            load_weights(tm, state["model"], weights, "the training model of its config", what="training checkpoint")
+        sd = export_tensors(tm, torch.float32)
+        from ..modeling.univs import build_univs
+
+        model = build_univs(tm.cfg)
+        model.load_state_dict({k: v for k, v in sd.items() if k.startswith(("backbone.", "sem_seg_head."))})
+        text, emb = tm.text.eval(), sd["class_embeddings"]
+    else:
+        from .export import load_shipped
+
+        model, text, emb, _ = load_shipped(weights)
+    return model, text, emb
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Held-out checks of a UniVS small model on synthetic val videos.")
     ap.add_argument("weights", help="exported .safetensors, a training last.pt, or 'random' (untrained model)")
@@ -183,26 +216,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--split", default="val", choices=("val", "test"))
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    if a.weights == "random" or a.weights.endswith(".pt"):
-        from .export import export_tensors
-        from .train import TrainConfig, build_training_model, load_training_checkpoint
+    from ..checkpoint import CheckpointError
 
-        if a.weights == "random":
-            tm = build_training_model(TrainConfig())
-        else:
-            state = load_training_checkpoint(a.weights)
-            tm = build_training_model(TrainConfig.from_dict(state["train_config"]))
-            tm.load_state_dict(state["model"])
-        sd = export_tensors(tm, torch.float32)
-        from ..modeling.univs import build_univs
-
-        model = build_univs(tm.cfg)
-        model.load_state_dict({k: v for k, v in sd.items() if k.startswith(("backbone.", "sem_seg_head."))})
-        text, emb = tm.text.eval(), sd["class_embeddings"]
-    else:
-        from .export import load_shipped
-
-        model, text, emb, _ = load_shipped(a.weights)
+    try:
+        model, text, emb = _load_for_eval(a.weights)
+    except CheckpointError as e:  # a refused checkpoint: one line, no traceback
+        print(f"evaluate: error: {e}", file=sys.stderr)
+        return 2
     settings = ClipSettings(clip_len=a.clip_len)
     res = evaluate(model, text, emb, a.videos, a.frames, a.size, settings, refvos=not a.no_refvos, split=a.split)
     print(json.dumps(res, indent=1))

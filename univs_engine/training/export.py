@@ -77,14 +77,15 @@ def run_metadata(tc, iteration: int, wall_time_s: float) -> dict[str, str]:
 
 def export_checkpoint(ckpt: str | os.PathLike, dst: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> Path:
     """Export from a training checkpoint (`last.pt`)."""
-    from .train import TrainConfig, build_training_model, load_training_checkpoint
+    from ..checkpoint import load_weights
+    from .train import _config_of, build_training_model, load_training_checkpoint
 
     state = load_training_checkpoint(ckpt)
-    tc = TrainConfig.from_dict(state["train_config"])
+    tc = _config_of(state, Path(ckpt))
     model = build_training_model(tc)
     if "token_delta" in state["model"]:
         model.enable_token_delta()
-    model.load_state_dict(state["model"])
+    load_weights(model, state["model"], ckpt, "the training model of its config", what="training checkpoint")
     meta = run_metadata(tc, int(state["iteration"]), float(state.get("wall_time", 0)))
     meta.update(extra_metadata or {})
     return export_model(model, dst, meta)
@@ -95,7 +96,7 @@ def load_shipped(path: str | os.PathLike):
     exported file."""
     from safetensors import safe_open
 
-    from ..checkpoint import load_checkpoint
+    from ..checkpoint import CheckpointError, check_finite, load_checkpoint, load_weights
     from ..config import get_config
     from ..modeling.text_encoder import TextEncoder
 
@@ -104,9 +105,15 @@ def load_shipped(path: str | os.PathLike):
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
         keys = list(f.keys())
-        text_sd = {k[len(TEXT_PREFIX):]: f.get_tensor(k).float() for k in keys if k.startswith(TEXT_PREFIX)}
-        emb = f.get_tensor(CLASS_EMBEDDINGS_KEY).float()
+        text_sd = {k[len(TEXT_PREFIX):]: f.get_tensor(k) for k in keys if k.startswith(TEXT_PREFIX)}
+        if CLASS_EMBEDDINGS_KEY not in keys:
+            raise CheckpointError(f"checkpoint {path} has no {CLASS_EMBEDDINGS_KEY} tensor (not an exported small model)")
+        emb = f.get_tensor(CLASS_EMBEDDINGS_KEY)
+    if not emb.is_floating_point() or emb.dim() != 2:
+        raise CheckpointError(f"checkpoint {path}: tensor {CLASS_EMBEDDINGS_KEY} must be a 2-D floating point tensor")
+    check_finite({CLASS_EMBEDDINGS_KEY: emb}, path)
+    emb = emb.float()
     text = TextEncoder(get_config(meta.get("univs_config", "small")).text)
-    text.load_state_dict(text_sd, strict=True)
+    load_weights(text, text_sd, path, "the text encoder", key_prefix=TEXT_PREFIX)
     text.eval().requires_grad_(False)
     return model, text, emb, json.loads(meta.get("class_names", "[]"))

@@ -15,17 +15,21 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import numbers
 import os
 import random
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
+from ..checkpoint import (CheckpointError, atomic_write, check_finite, load_weights, looks_like_safetensors,
+                          torch_load_tensors)
 from ..config import get_config
 from ..data.synthetic import SPLIT_SIZE
 from .criterion import LossConfig, TrainingModel, compute_losses
@@ -79,21 +83,184 @@ _ABSENT_LOSS_MEANS_OFF = {"w_class_sep": 0.0, "w_crop": 0.0}
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
-def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then os.replace: a reader never sees a
-    partially written checkpoint, and a crash leaves the previous one intact."""
+# A training checkpoint (`last.pt`) is a safetensors file: every tensor of the state (model, optimizer
+# moments, RNG states) is a tensor of the file, and the rest (iteration, config, history, optimizer
+# hyper-parameters, Python RNG state) is JSON in its metadata, with tensors referenced by name. Reading it
+# runs no code. Checkpoints written before this format (torch.save pickles) are read with
+# torch.load(weights_only=True): plain containers, numbers and tensors only.
+STATE_FORMAT = "univs-training-state-v1"
+_TENSOR, _TUPLE, _ITEMS = "__tensor__", "__tuple__", "__items__"
+_MARKERS = (_TENSOR, _TUPLE, _ITEMS)
+
+
+def _encode(obj, tensors: dict[str, torch.Tensor], where: str):
+    """JSON-able form of `obj`; its tensors move to `tensors` (named by their place in the state)."""
+    if isinstance(obj, torch.Tensor):
+        name, n = where or "tensor", 1
+        while name in tensors:
+            n += 1
+            name = f"{where}#{n}"
+        tensors[name] = obj.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+        return {_TENSOR: name}
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, numbers.Integral):
+        return int(obj)
+    if isinstance(obj, numbers.Real):
+        return float(obj)
+    if isinstance(obj, tuple):
+        return {_TUPLE: [_encode(v, tensors, f"{where}/{i}") for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_encode(v, tensors, f"{where}/{i}") for i, v in enumerate(obj)]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and k not in _MARKERS for k in obj):
+            return {k: _encode(v, tensors, f"{where}/{k}" if where else k) for k, v in obj.items()}
+        return {_ITEMS: [[_encode(k, tensors, f"{where}/key"), _encode(v, tensors, f"{where}/{k}")]
+                         for k, v in obj.items()]}
+    raise TypeError(f"training state holds a {type(obj).__name__} at {where or 'the top'}; only tensors, numbers, "
+                    "strings, None, lists, tuples and dicts are stored")
+
+
+def _decode(obj, tensors: dict[str, torch.Tensor], path: Path):
+    if isinstance(obj, list):
+        return [_decode(v, tensors, path) for v in obj]
+    if isinstance(obj, dict):
+        if len(obj) == 1 and next(iter(obj)) in _MARKERS:
+            (tag, val), = obj.items()
+            if tag == _TENSOR:
+                if not isinstance(val, str) or val not in tensors:
+                    raise CheckpointError(f"training checkpoint {path} refers to a tensor {val!r} it does not hold")
+                return tensors[val]
+            if not isinstance(val, list):
+                raise CheckpointError(f"training checkpoint {path}: malformed {tag} entry")
+            if tag == _TUPLE:
+                return tuple(_decode(v, tensors, path) for v in val)
+            out = {}
+            for item in val:
+                if not (isinstance(item, list) and len(item) == 2):
+                    raise CheckpointError(f"training checkpoint {path}: malformed {tag} entry")
+                key = _decode(item[0], tensors, path)
+                if not isinstance(key, (str, int, float, bool, tuple)) and key is not None:
+                    raise CheckpointError(f"training checkpoint {path}: a dict key is a {type(key).__name__}")
+                out[key] = _decode(item[1], tensors, path)
+            return out
+        return {k: _decode(v, tensors, path) for k, v in obj.items()}
+    return obj  # JSON scalars: None, bool, int, float, str
+
+
+def write_state_file(state: dict, path: str | os.PathLike) -> Path:
+    """Write a state tree (nested dicts/lists/tuples of tensors, numbers and strings) atomically: a temporary
+    file in the same folder, fsync, then os.replace, so a reader never sees a partial checkpoint and a crash
+    (or a full disk: CheckpointWriteError, an OSError) leaves the previous one intact."""
+    tensors: dict[str, torch.Tensor] = {}
+    tree = json.dumps(_encode(state, tensors, ""), separators=(",", ":"))
+    meta = {"format": STATE_FORMAT, "state": tree}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def _is_torch_pickle(path: Path) -> bool:
+    """A checkpoint written by torch.save before the safetensors format (zip archive or legacy pickle)."""
+    if looks_like_safetensors(path):
+        return False
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    return head == b"PK" or (len(head) == 2 and head[0] == 0x80)
+
+
+def read_state_file(path: str | os.PathLike):
+    """The state tree of `write_state_file` (or of a pre-safetensors torch.save checkpoint, read with
+    weights_only=True); never runs code from the file. Problems are CheckpointErrors naming the file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if not path.is_file():
+        raise CheckpointError(f"training checkpoint {path} does not exist (or is not a file)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"training checkpoint {path} is empty (0 bytes): the run was interrupted while "
+                              f"writing it or the copy did not finish")
+    if _is_torch_pickle(path):
+        return torch_load_tensors(path, what="training checkpoint")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k).clone() for k in f.keys()}  # own memory, not a map of the file
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"training checkpoint {path} is not readable (truncated, corrupt or another "
+                              f"format): {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from None
+    if meta.get("format") != STATE_FORMAT or "state" not in meta:
+        raise CheckpointError(f"training checkpoint {path} is a safetensors file but not a UniVS training state "
+                              f"(format {meta.get('format')!r}, expected {STATE_FORMAT!r})")
+    try:
+        tree = json.loads(meta["state"])
+    except ValueError as e:
+        raise CheckpointError(f"training checkpoint {path}: its state record is not valid JSON ({e})") from None
+    return _decode(tree, tensors, path)
+
+
+def save_checkpoint(path, model, optimizer, iteration, tc: TrainConfig, py, gen, history, wall) -> None:
+    write_state_file({
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration,
+        "train_config": asdict(tc), "rng": _rng_state(py, gen), "history": history, "wall_time": wall,
+    }, path)
+
+
+def load_training_checkpoint(path: str | os.PathLike) -> dict:
+    """A run's `last.pt` as a dict (model, optimizer, iteration, train_config, rng, history, wall_time), its
+    layout and its tensors checked (finite values); never runs code from the file."""
+    path = Path(path)
+    state = read_state_file(path)
+
+    def bad(what: str):
+        raise CheckpointError(f"training checkpoint {path} is not a UniVS training state: {what}")
+
+    if not isinstance(state, dict):
+        bad(f"it holds a {type(state).__name__}, not a dict")
+    for key, kind in (("model", dict), ("optimizer", dict), ("train_config", dict), ("rng", dict), ("history", list)):
+        if not isinstance(state.get(key), kind):
+            bad(f"{key!r} is missing or not a {kind.__name__}")
+    it = state.get("iteration")
+    if isinstance(it, bool) or not isinstance(it, int) or it < 0:
+        bad("'iteration' is missing or not a count")
+    if not isinstance(state.get("wall_time", 0.0), (int, float)):
+        bad("'wall_time' is not a number")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["model"].items()):
+        bad("'model' is not a state dict of tensors")
+    opt = state["optimizer"]
+    if not isinstance(opt.get("state"), dict) or not isinstance(opt.get("param_groups"), list):
+        bad("'optimizer' is not an optimizer state dict")
+    rng = state["rng"]
+    if not (isinstance(rng.get("python"), tuple) and all(isinstance(rng.get(k), torch.Tensor) and rng[k].dtype == torch.uint8
+                                                           for k in ("torch", "generator"))):
+        bad("'rng' is not a saved random-generator state")
+    check_finite(state["model"], path, "training checkpoint")
+    moments = {f"optimizer.state.{i}.{name}": v for i, s in opt["state"].items() if isinstance(s, dict)
+               for name, v in s.items() if isinstance(v, torch.Tensor)}
+    check_finite(moments, path, "training checkpoint")
+    return state
+
+
+def _restore(state: dict, path: Path, model, optimizer, py: random.Random, gen: torch.Generator,
+             before_rng: Callable[[], None] | None = None) -> None:
+    """Load a checked training state into the run's model, optimizer and generators (CheckpointError if it
+    does not fit them); `before_rng` runs between the optimizer and the generators, as it always has."""
+    load_weights(model, state["model"], path, "the training model of this run", what="training checkpoint")
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
+        raise CheckpointError(f"training checkpoint {path} does not fit this run's optimizer: "
+                              f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from None
+    if before_rng is not None:
+        before_rng()
+    try:
+        _set_rng_state(state["rng"], py, gen)
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
+        raise CheckpointError(f"training checkpoint {path}: its random-generator state cannot be restored: "
+                              f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from None
+
+
+def _config_of(state: dict, path: Path) -> TrainConfig:
+    try:
+        return TrainConfig.from_dict(dict(state["train_config"]))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"training checkpoint {path}: its train_config is not valid ({e})") from None
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -148,18 +315,6 @@ def _set_rng_state(state: dict, py: random.Random, gen: torch.Generator) -> None
     py.setstate(state["python"])
     torch.set_rng_state(state["torch"])
     gen.set_state(state["generator"])
-
-
-def save_checkpoint(path, model, optimizer, iteration, tc: TrainConfig, py, gen, history, wall) -> None:
-    atomic_torch_save({
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration,
-        "train_config": asdict(tc), "rng": _rng_state(py, gen), "history": history, "wall_time": wall,
-    }, path)
-
-
-def load_training_checkpoint(path: str | os.PathLike) -> dict:
-    # our own file: optimizer state and RNG tuples need full unpickling
-    return torch.load(str(path), map_location="cpu", weights_only=False)
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -227,7 +382,7 @@ def train(out_dir: str | os.PathLike, iterations: int | None = None, resume: boo
     state = None
     if resume and ckpt_path.is_file():
         state = load_training_checkpoint(ckpt_path)
-        tc = TrainConfig.from_dict(state["train_config"])
+        tc = _config_of(state, ckpt_path)
     if iterations is not None:
         tc.iterations = int(iterations)
     if seed is not None and state is None:
@@ -265,11 +420,9 @@ def train(out_dir: str | os.PathLike, iterations: int | None = None, resume: boo
         had_rows = "token_delta" in state["model"]
         if had_rows:
             add_token_rows()
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if tc.token_rows and not had_rows:  # fine-tuning extension of a run trained without them
-            add_token_rows()
-        _set_rng_state(state["rng"], py, gen)
+        # fine-tuning extension of a run trained without token rows: added before the generators are restored
+        _restore(state, ckpt_path, model, optimizer, py, gen,
+                 before_rng=add_token_rows if tc.token_rows and not had_rows else None)
         start, history, wall = int(state["iteration"]), list(state["history"]), float(state.get("wall_time", 0.0))
     elif tc.token_rows:
         add_token_rows()
@@ -389,8 +542,13 @@ def _run_config(a: argparse.Namespace) -> tuple[TrainConfig, dict]:
 def main(argv: Sequence[str] | None = None) -> int:
     """`univs train` entry point. Its defaults are the recipe of the shipped model (univs_engine/weights/MODEL_CARD.md)."""
     a, tc, extra = parse_args(argv)
-    summary = train(a.out, a.iterations, resume=not a.no_resume, config=tc, progress=not a.no_progress, threads=a.threads,
-                    export=a.export, stop_after=a.stop_after, checkpoint_minutes=a.checkpoint_minutes, **extra)
+    try:
+        summary = train(a.out, a.iterations, resume=not a.no_resume, config=tc, progress=not a.no_progress,
+                        threads=a.threads, export=a.export, stop_after=a.stop_after,
+                        checkpoint_minutes=a.checkpoint_minutes, **extra)
+    except CheckpointError as e:  # a refused or unwritable checkpoint: one line, no traceback
+        print(f"univs train: error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(summary))
     return 0
 
