@@ -236,6 +236,9 @@ def place_sample_video(source: str | os.PathLike, input_dir: str | os.PathLike) 
     try:
         with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
             shutil.copyfileobj(src, out)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the user's other input files follow the umask
         try:
             os.link(tmp, dst)  # fails if the name appeared meanwhile: nothing is overwritten
         except FileExistsError:
