@@ -9,13 +9,14 @@
 * reverse iteration (backward propagation) decodes chunks of at most ``reverse_chunk_bytes`` of RGB frames and
   yields each chunk backwards.
 
-Preprocessing follows detectron2 at test time (facts §4): ``ResizeShortestEdge`` shape rule, PIL-equivalent
-antialiased bilinear resize of uint8 frames, per-channel normalisation, zero padding bottom/right to a multiple
-of ``size_divisibility`` (or to a fixed square).
+Preprocessing follows detectron2 at test time (facts §4): ``ResizeShortestEdge`` shape rule, Pillow's own
+``BILINEAR`` resize of uint8 frames (bit-exact, spread over threads), per-channel normalisation, zero padding
+bottom/right to a multiple of ``size_divisibility`` (or to a fixed square).
 """
 from __future__ import annotations
 
 import bisect
+import functools
 import os
 import queue
 import re
@@ -36,9 +37,11 @@ __all__ = [
     "natural_sort_key",
     "resize_shortest_edge_size",
     "resize_frames",
+    "resize_frames_numpy",
     "preprocess_frames",
     "postprocess_masks",
     "iter_rgba_frames",
+    "pil_to_rgb8",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -183,6 +186,20 @@ class _ArrayBackend(_CallableBackend):
         return msg + " (convert float frames in [0, 1] with (x * 255).round().clip(0, 255) as uint8)"
 
 
+def pil_to_rgb8(im: Any) -> np.ndarray:
+    """A PIL image of any mode -> uint8 ``[H, W, 3]`` RGB, as detectron2's ``read_image(path, format="RGB")``.
+
+    That is ``np.asarray(im.convert("RGB"))`` (``convert_PIL_to_numpy``), whatever the mode: grey ``L``/``1`` is
+    replicated to three channels, ``LA``/``RGBA``/``P`` with transparency lose their alpha (no compositing), palette
+    images are looked up, ``CMYK``/``YCbCr`` are converted, and 16/32-bit integer or float images (``I;16``, ``I``,
+    ``F``) are clipped to 0..255, not rescaled, exactly as Pillow's conversion does for the official reader.
+    """
+    rgb = np.asarray(im.convert("RGB"))
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:  # Pillow guarantees it; keep the contract explicit
+        raise ValueError(f"image of mode {im.mode} did not convert to 8-bit RGB (got {rgb.dtype} {list(rgb.shape)})")
+    return rgb
+
+
 class _FolderBackend:
     """A folder of jpg/png frames in natural sort order (EXIF orientation applied, as detectron2 does)."""
 
@@ -223,8 +240,7 @@ class _FolderBackend:
         p = self.files[i]
         try:
             with Image.open(p) as im:
-                im = ImageOps.exif_transpose(im)
-                arr = np.asarray(im.convert("RGB"))
+                arr = pil_to_rgb8(ImageOps.exif_transpose(im))
         except Exception as e:  # noqa: BLE001
             raise ValueError(f"{p}: unreadable image ({e})") from e
         if arr.shape[:2] != (self.height, self.width):
@@ -420,7 +436,11 @@ class _FileBackend:
                 it.close()
 
     def _rgb(self, frame: Any, idx: int = 0) -> np.ndarray:
-        """av frame -> uint8 RGB, rotated upright like ffmpeg's autorotate, size-checked."""
+        """av frame -> uint8 RGB, rotated upright like ffmpeg's autorotate, size-checked.
+
+        Every pixel format becomes 8-bit RGB here, explicitly, through FFmpeg's ``rgb24`` conversion: grey is
+        replicated, 10/12/16-bit samples are rescaled to 8 bits and an alpha plane is dropped.
+        """
         rgb = frame.to_ndarray(format="rgb24")
         if self._size is None and self._autorotate:  # first frame: read the display matrix once
             self._rot_k = int(round(float(getattr(frame, "rotation", 0) or 0) / 90.0)) % 4
@@ -732,33 +752,156 @@ def resize_shortest_edge_size(h: int, w: int, min_size: int, max_size: int | Non
     return int(nh + 0.5), int(nw + 0.5)
 
 
-def _as_nchw_uint8(frames: Any, device: torch.device | str | None) -> torch.Tensor:
-    """uint8 ``[T, H, W, 3]`` numpy/torch -> uint8 tensor ``[T, 3, H, W]`` (validated)."""
-    t = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(np.asarray(frames)))
-    if t.ndim != 4 or t.shape[-1] != 3:
-        raise ValueError(f"frames must be uint8 [T, H, W, 3], got shape {list(t.shape)}")
-    if t.dtype != torch.uint8:
-        raise ValueError(f"frames must be uint8 [T, H, W, 3], got dtype {t.dtype}")
-    if device is not None:
-        t = t.to(device)
-    return t.permute(0, 3, 1, 2)
+def _as_nhwc_uint8(frames: Any) -> np.ndarray:
+    """uint8 ``[T, H, W, 3]`` numpy/torch (any device) -> C-contiguous uint8 numpy ``[T, H, W, 3]`` (validated).
 
-
-def resize_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Antialiased bilinear resize of uint8 ``[T, 3, H, W]`` frames, returning uint8 like PIL ``BILINEAR``.
-
-    On CPU torch's uint8 antialias kernel is used (it reproduces PIL to within 1 grey level on <0.5 % of pixels);
-    elsewhere the float kernel is used and rounded to uint8.
+    Frames must already be 8-bit RGB: the readers convert every input to that explicitly (folders with
+    ``Image.convert("RGB")``, files with FFmpeg's ``rgb24``); arrays of other dtypes or channel counts are rejected
+    rather than guessed at (a uint16 frame could mean 0..65535 or 0..1023, a 4-channel frame RGBA or BGRA).
     """
+    if isinstance(frames, torch.Tensor):
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"frames must be uint8 [T, H, W, 3], got shape {list(frames.shape)}")
+        if frames.dtype != torch.uint8:
+            raise ValueError(f"frames must be uint8 [T, H, W, 3], got dtype {frames.dtype}")
+        frames = frames.detach().cpu().numpy()
+    a = np.asarray(frames)
+    if a.ndim != 4 or a.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 [T, H, W, 3], got shape {list(a.shape)}")
+    if a.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 [T, H, W, 3], got dtype {a.dtype}")
+    return np.ascontiguousarray(a)
+
+
+# Below this many pixels per call (frames x the larger of the input and output size) threads cost more than they save.
+_PARALLEL_MIN_PIXELS = 1 << 18
+
+
+def _pil_bilinear(frame: np.ndarray, width: int, height: int) -> np.ndarray:
+    """One uint8 ``[h, w, 3]`` frame (contiguous or not) through ``Image.resize((width, height), BILINEAR)``."""
+    from PIL import Image  # noqa: PLC0415
+
+    return np.asarray(Image.fromarray(np.ascontiguousarray(frame)).resize((width, height), Image.BILINEAR))
+
+
+@functools.lru_cache(maxsize=32)
+def _pillow_pass_order(h: int, w: int, nh: int, nw: int) -> str | None:
+    """How the installed Pillow splits an ``h x w -> nh x nw`` BILINEAR resize into one-direction passes.
+
+    ``"h"`` or ``"v"`` when only one side changes; ``"hv"`` (horizontal pass first, Pillow < 13 always) or ``"vh"``
+    (vertical first: Pillow >= 13 does that when the height shrinks much more than the width) found by experiment:
+    a noise image of this size resized in one call must equal exactly one of the two chains of one-direction
+    resizes. ``None`` when that does not single out an order (then only whole frames are resized).
+    """
+    if nw == w:
+        return "v"
+    if nh == h:
+        return "h"
+    probe = np.random.default_rng(h * 100003 + w).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    ref = _pil_bilinear(probe, nw, nh)
+    hv = np.array_equal(ref, _pil_bilinear(_pil_bilinear(probe, nw, h), nw, nh))
+    vh = np.array_equal(ref, _pil_bilinear(_pil_bilinear(probe, w, nh), nw, nh))
+    return "hv" if hv and not vh else "vh" if vh and not hv else None
+
+
+_SIZES_SEEN: set[tuple[int, int, int, int]] = set()  # resize geometries met before (the second one is probed)
+
+
+def _strips(n: int, parts: int, min_len: int = 16) -> list[tuple[int, int]]:
+    """``[0, n)`` cut into at most ``parts`` near-equal ``(start, stop)`` ranges of at least ``min_len``."""
+    parts = max(1, min(parts, n // min_len))
+    edges = [n * k // parts for k in range(parts + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def resize_frames_numpy(frames: np.ndarray, size: tuple[int, int], threads: int | None = None) -> np.ndarray:
+    """PIL ``BILINEAR`` resize of uint8 RGB ``[T, H, W, 3]`` frames to ``size = (h, w)``, bit-exact.
+
+    Every output frame equals ``np.asarray(Image.fromarray(frame).resize((w, h), Image.BILINEAR))`` with the
+    installed Pillow — what detectron2's ``ResizeTransform.apply_image`` does for uint8 images at test time
+    (antialiased when shrinking, 22-bit fixed-point weights, a uint8 intermediate between the two one-direction
+    passes). The same size is a no-op (``frames`` itself is returned).
+
+    Pillow releases the GIL while resampling, so large inputs are spread over ``threads`` workers (default
+    ``torch.get_num_threads()``) without changing a bit: whole frames go to the workers, and the frames left over
+    when their number is not a multiple of the workers (a single frame, 5 frames on 2 workers) are cut into strips.
+    Each one-direction pass works on rows (horizontal) or columns (vertical) independently, so a strip is an
+    ordinary one-direction ``Image.resize`` call; the passes follow the order this Pillow uses
+    (:func:`_pillow_pass_order`, checked once per size, from the second call with that size on). Before that, or
+    where the order cannot be established, the left-over frames are resized whole as well.
+    """
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+    from math import gcd  # noqa: PLC0415
+
+    nh, nw = int(size[0]), int(size[1])
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
+    if nh <= 0 or nw <= 0:
+        raise ValueError(f"target size must be positive, got {nh}x{nw}")
+    t, h, w = int(frames.shape[0]), int(frames.shape[1]), int(frames.shape[2])
+    if (h, w) == (nh, nw):
+        return frames
+    out = np.empty((t, nh, nw, 3), np.uint8)
+    workers = max(1, int(threads) if threads is not None else min(torch.get_num_threads(), os.cpu_count() or 1))
+    if workers == 1 or t * max(h * w, nh * nw) < _PARALLEL_MIN_PIXELS:
+        for i in range(t):
+            out[i] = _pil_bilinear(frames[i], nw, nh)
+        return out
+
+    # Whole frames are the cheapest jobs; only the t % workers frames left over (all of them when t < workers)
+    # are cut into strips so that every worker gets the same share.
+    n_whole = t - t % workers
+    order = None
+    if n_whole < t:
+        key = (h, w, nh, nw)
+        order = _pillow_pass_order(*key) if key in _SIZES_SEEN else None  # a one-off size is not worth the probe
+        if len(_SIZES_SEEN) > 1024:
+            _SIZES_SEEN.clear()
+        _SIZES_SEEN.add(key)
+        if order is None:
+            n_whole = t
+
+    def whole(i: int) -> None:
+        out[i] = _pil_bilinear(frames[i], nw, nh)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="univs-resize") as pool:
+        jobs = [pool.submit(whole, i) for i in range(n_whole)]
+        if order is not None:
+            m = t - n_whole
+            parts = workers // gcd(m, workers)  # m * parts jobs per pass, a multiple of the workers
+            src = frames[n_whole:]
+            for k, step in enumerate(order):
+                sh, sw = int(src.shape[1]), int(src.shape[2])
+                dst = out[n_whole:] if k == len(order) - 1 else \
+                    np.empty((m, nh if step == "v" else sh, nw if step == "h" else sw, 3), np.uint8)
+
+                def run(i: int, a: int, b: int, src: np.ndarray = src, dst: np.ndarray = dst, step: str = step) -> None:
+                    if step == "h":  # rows a:b, full width
+                        dst[i, a:b] = _pil_bilinear(src[i, a:b], nw, b - a)
+                    else:  # columns a:b, full height
+                        dst[i, :, a:b] = _pil_bilinear(src[i, :, a:b], b - a, nh)
+
+                n = sh if step == "h" else sw
+                for f in [pool.submit(run, i, a, b) for i in range(m) for a, b in _strips(n, parts)]:
+                    f.result()
+                src = dst
+        for f in jobs:
+            f.result()
+    return out
+
+
+def resize_frames(frames: torch.Tensor, size: tuple[int, int], threads: int | None = None) -> torch.Tensor:
+    """PIL ``BILINEAR`` resize of uint8 ``[T, 3, H, W]`` frames (any device), bit-exact; see
+    :func:`resize_frames_numpy`. The result is uint8 ``[T, 3, h, w]`` on the input's device (a channels-last view);
+    the same size returns ``frames`` itself.
+    """
+    if frames.ndim != 4 or frames.shape[1] != 3 or frames.dtype != torch.uint8:
+        raise ValueError(f"frames must be uint8 [T, 3, H, W], got {frames.dtype} {list(frames.shape)}")
     if tuple(frames.shape[-2:]) == tuple(size):
         return frames
-    if frames.device.type == "cpu":
-        try:
-            return F.interpolate(frames.contiguous(), size=size, mode="bilinear", align_corners=False, antialias=True)
-        except RuntimeError:
-            pass
-    out = F.interpolate(frames.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
-    return out.round_().clamp_(0, 255).to(torch.uint8)
+    hwc = frames.detach().permute(0, 2, 3, 1).cpu().numpy()
+    out = torch.from_numpy(resize_frames_numpy(np.ascontiguousarray(hwc), size, threads))
+    return out.permute(0, 3, 1, 2).to(frames.device)
 
 
 def preprocess_frames(
@@ -774,19 +917,22 @@ def preprocess_frames(
     """Official test-time preprocessing of a clip.
 
     ``frames``: uint8 RGB ``[T, H, W, 3]`` (numpy or torch). Steps: resize to
-    :func:`resize_shortest_edge_size` with PIL-equivalent antialiased bilinear on uint8 (result stays uint8, as
-    detectron2's PIL resize does); ``(x - mean) / std`` in float32; zero pad bottom/right to a multiple of
-    ``size_divisibility`` — or to ``square x square`` (then rounded up to the divisibility) when ``square`` is set.
+    :func:`resize_shortest_edge_size` with PIL ``BILINEAR`` on uint8, bit-exact (:func:`resize_frames_numpy`; the
+    result stays uint8, as detectron2's PIL resize does); ``(x - mean) / std`` in float32; zero pad bottom/right to
+    a multiple of ``size_divisibility`` — or to ``square x square`` (then rounded up to the divisibility) when
+    ``square`` is set. The resize runs on the CPU; ``device`` receives the uint8 frames for the normalisation.
 
     Returns ``(tensor [T, 3, Hp, Wp] float32, (nh, nw))`` where ``(nh, nw)`` is the resized size before padding.
     """
-    x = _as_nchw_uint8(frames, device)
-    h, w = int(x.shape[-2]), int(x.shape[-1])
+    a = _as_nhwc_uint8(frames)
+    t, h, w = (int(n) for n in a.shape[:3])
     nh, nw = resize_shortest_edge_size(h, w, min_size, max_size)
-    x = resize_frames(x, (nh, nw))
-    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    x = (x.float() - m) / s
+    r = resize_frames_numpy(a, (nh, nw))
+    if not r.flags.writeable:  # a read-only input that needed no resize: torch wants writable memory
+        r = r.copy()
+    x = torch.from_numpy(r).permute(0, 3, 1, 2)  # uint8 [T, 3, nh, nw], a view of the HWC frames
+    if device is not None:
+        x = x.to(device)
     ph, pw = nh, nw
     if square is not None:
         if nh > square or nw > square:
@@ -795,9 +941,15 @@ def preprocess_frames(
     if size_divisibility and size_divisibility > 1:
         d = int(size_divisibility)
         ph, pw = (ph + d - 1) // d * d, (pw + d - 1) // d * d
-    if (ph, pw) != (nh, nw):
-        x = F.pad(x, (0, pw - nw, 0, ph - nh), value=0.0)
-    return x.contiguous(), (nh, nw)
+    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    out = torch.empty((t, 3, ph, pw), dtype=torch.float32, device=x.device)
+    out[:, :, nh:].zero_()
+    out[:, :, :nh, nw:].zero_()
+    # (x - mean) / std in float32 written straight into the padded canvas: the same two roundings as the
+    # official ``(x - pixel_mean) / pixel_std`` followed by zero padding, without the intermediate copies.
+    out[:, :, :nh, :nw].copy_(x).sub_(m).div_(s)
+    return out, (nh, nw)
 
 
 def postprocess_masks(
