@@ -78,6 +78,15 @@ PLAN = {
         **{f"clip{c}_pred_{n}_prompt": WHOLE for c in range(2) for n in ("masks", "embds", "logits")},
         "vos_mask_logits": (0, 11), "vos_masks": WHOLE, "vos_embds": WHOLE,
     },
+    "univs_r50_h_vos_long.safetensors": {  # tests/test_parity_long.py
+        **{k: WHOLE for k in ("frames_uint8_thwc", "prompt_mask_frame0", "pred_masks", "mask_logits_sum",
+                              "vos_boxes", "vos_embds", "prompt_cells_per_frame", "vpe_key_frame",
+                              "vpe_point_coords", "vpe_dense_cell_idx", "rng_index")},
+        **{f"mask_logits_t{t}": (0, 7) for t in (0, 5, 11)},
+        # the recorded torch.randperm draws: cell draws (odd k, <= 356 long) whole; of the point draws (even k,
+        # up to 65536 long) only the first element is used, and (0, 53) keeps it
+        **{f"rng_{k:03d}_randperm": WHOLE if k % 2 else (0, 53) for k in range(22)},
+    },
     "univs_swint_bde_small.safetensors": {
         "backbone_res2_frame0": (1, 53), "backbone_res3_frame0": (1, 29), "backbone_res4_frame0": (1, 13),
         "backbone_res5_frame0": (1, 7), "pixel_decoder_multi_scale_0_frame0": (1, 7),

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..modeling.mask_decoder import PromptQueries
 from ..modeling.position_encoding import frame_phase
-from ..modeling.prompt_encoder import mask_box, sample_mask_prompts
+from ..modeling.prompt_encoder import PermutationDraw, mask_box, sample_mask_prompts
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -108,10 +108,12 @@ class PromptedClipLoop:
 
     def __init__(self, model: "UniVS", settings: ClipSettings, num_frames: int, image_size: tuple[int, int],
                  padded_size: tuple[int, int], generator: torch.Generator | None = None,
-                 class_embeddings: torch.Tensor | None = None):
+                 class_embeddings: torch.Tensor | None = None, draw: PermutationDraw | None = None):
+        """draw: replaces ``generator`` as the prompt sampler's source of random permutations
+        (modeling.prompt_encoder.PermutationDraw), e.g. to replay recorded draws."""
         self.model, self.s = model, settings
         self.num_frames, self.image_size, self.padded_size = num_frames, image_size, padded_size
-        self.generator = generator
+        self.generator, self.draw = generator, draw
         self.class_embeddings = class_embeddings
         self.hooks: dict[str, Callable] = {}  # name -> fn(**tensors): lets tests observe internals
 
@@ -219,7 +221,7 @@ class PromptedClipLoop:
         z = frame_phase(levels.frame_indices, n, self.model.cfg.pe_variant, self.model.cfg.num_frames_pe)
         for k in range(update):
             enc = sample_mask_prompts(feat[k], pos[k], masks[:, k], self.s.prompt_tokens, z[k],
-                                      boxes=boxes[:, k], generator=self.generator)
+                                      boxes=boxes[:, k], generator=self.generator, draw=self.draw)
             self._hook("prompt_tokens", call=i, frame=i + k, tokens=enc)
             if i == 0:
                 rep = lambda x: x[:, :, None].repeat(1, 1, n, 1)  # noqa: E731

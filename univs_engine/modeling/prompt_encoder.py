@@ -7,6 +7,7 @@ positional encodings at the same cells. These tokens are what the memory pool st
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,18 @@ import torch.nn.functional as F
 from .position_encoding import sine_position_points
 
 FEATURE_STRIDE = 8  # prompts are sampled from the 1/8 level; masks live at padded-input resolution
+
+PermutationDraw = Callable[[int], torch.Tensor]
+"""draw(n) -> a permutation of range(n), int64 on the CPU: the sampler's only source of randomness. One
+encoding draws, in this order, one permutation per object over its point candidates (pixels, row-major; the
+point is the first) and then, per object whose mask covers at least R cells, one over those cells (row-major;
+the first R are kept), as the official sampler calls torch.randperm. Replaceable so a run can replay
+recorded draws."""
+
+
+def randperm_draw(generator: torch.Generator | None = None) -> PermutationDraw:
+    """The default draw: ``torch.randperm(n)`` on ``generator`` (the global CPU generator when None)."""
+    return lambda n: torch.randperm(n, generator=generator, device="cpu")
 
 
 @dataclass
@@ -42,12 +55,14 @@ def mask_box(mask: torch.Tensor) -> torch.Tensor:
     return box.masked_fill(empty[..., None], 0)
 
 
-def central_points(masks: torch.Tensor, boxes: torch.Tensor, generator=None) -> torch.Tensor:
+def central_points(masks: torch.Tensor, boxes: torch.Tensor, generator=None,
+                   draw: PermutationDraw | None = None) -> torch.Tensor:
     """One random pixel per object near its box centre (|d| < box/4), inside the mask -> [N, 2] normalised.
 
     masks [N, H, W] float in [0, 1]; boxes [N, 4] normalised xyxy. Objects with no central pixel fall
-    back to their most confident pixels.
+    back to their most confident pixels. ``draw`` replaces ``generator`` (see PermutationDraw).
     """
+    draw = draw or randperm_draw(generator)
     N, H, W = masks.shape
     dev = masks.device
     ys, xs = torch.meshgrid(torch.arange(H, device=dev), torch.arange(W, device=dev), indexing="ij")
@@ -62,22 +77,24 @@ def central_points(masks: torch.Tensor, boxes: torch.Tensor, generator=None) -> 
     for i in range(N):
         pool = central[i] if central[i].any() else flat[i] >= min(0.95, float(flat[i].max()))
         cand = coords[pool]
-        points.append(cand[torch.randperm(len(cand), generator=generator, device="cpu")[0]] if len(cand)
+        points.append(cand[draw(len(cand))[0].to(dev)] if len(cand)
                       else torch.full((2,), 0.5, device=dev))
     return torch.stack(points) if points else coords.new_zeros(0, 2)
 
 
 def sample_mask_prompts(feat: torch.Tensor, pos: torch.Tensor, masks: torch.Tensor, num_tokens: int,
                         frame_phase: torch.Tensor, boxes: torch.Tensor | None = None,
-                        generator: torch.Generator | None = None) -> PromptTokens:
+                        generator: torch.Generator | None = None,
+                        draw: PermutationDraw | None = None) -> PromptTokens:
     """Encode N object masks on one frame.
 
     feat/pos [C, h, w]: the frame's 1/8 decoder features (with level embedding) and their 3D encoding.
     masks [N, H, W] in [0, 1] at (up to) padded resolution, H <= 8h, W <= 8w. frame_phase: the temporal
     angle of this frame (see position_encoding.frame_phase). Cells are drawn without replacement when
     a mask covers more than `num_tokens` cells (random, so pass `generator` for reproducible runs); fewer
-    cells are tiled in row-major order.
+    cells are tiled in row-major order. ``draw`` replaces ``generator`` (see PermutationDraw).
     """
+    draw = draw or randperm_draw(generator)
     C, h, w = feat.shape
     N = masks.shape[0]
     canvas = masks.new_zeros(N, h * FEATURE_STRIDE, w * FEATURE_STRIDE)
@@ -86,7 +103,7 @@ def sample_mask_prompts(feat: torch.Tensor, pos: torch.Tensor, masks: torch.Tens
     if boxes is None:
         size = torch.tensor([canvas.shape[2], canvas.shape[1]] * 2, device=masks.device)
         boxes = mask_box(canvas > 0.5) / size
-    points = central_points(canvas, boxes, generator)
+    points = central_points(canvas, boxes, draw=draw)
     point_pe = sine_position_points(points, frame_phase.expand(N), C // 2)
 
     # legacy nearest sampling: the top-left pixel of each 8x8 cell
@@ -106,7 +123,7 @@ def sample_mask_prompts(feat: torch.Tensor, pos: torch.Tensor, masks: torch.Tens
         if len(idx) < num_tokens:
             idx = idx.repeat(num_tokens // len(idx) + 1)[:num_tokens]
         else:
-            idx = idx[torch.randperm(len(idx), generator=generator, device="cpu")[:num_tokens].to(idx.device)]
+            idx = idx[draw(len(idx))[:num_tokens].to(idx.device)]
         tokens.append(feat_flat[idx])
         pe.append(pos_flat[idx])
     tok = torch.stack(tokens) if N else feat.new_zeros(0, num_tokens, C)
