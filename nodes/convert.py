@@ -8,17 +8,18 @@ Nothing here imports ComfyUI, so the functions are unit-tested directly. Convent
 * BOUNDING_BOX (core): ``{"x", "y", "width", "height"}`` in pixels, a list of them, or a per-frame list of lists.
 * BBOX (community): ``(x0, y0, x1, y1)`` pixel tuples (KJNodes, SAM2 pack, Florence2), or a list of them.
 
-Every error is a ``ValueError`` whose message names the node input it came from.
+Every error is a ``ValueError`` whose message names the node input it came from; the text parsers are bounded
+(JSON nesting, number range, list lengths, range expansion) through ``univs_engine.parsing``.
 """
 from __future__ import annotations
 
-import json
-import math
 import re
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+from univs_engine.parsing import int_range, number, parse_json
 
 __all__ = [
     "image_to_uint8",
@@ -155,26 +156,28 @@ def bool_masks_to_tensor(masks: Sequence[np.ndarray], height: int, width: int) -
 
 
 # =============================================================================================== points, boxes
+MAX_ITEMS = 10_000  # points or boxes in one input; classes or expressions in one text
+
+
 def _number(v: Any, name: str, what: str) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: {what} must be a number, got {v!r}") from None
-    if not math.isfinite(f):
-        raise ValueError(f"{name}: {what} must be finite, got {v!r}")
-    return f
+    return number(v, f"{name}: {what}")
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _maybe_json(value: Any, name: str) -> Any:
     if isinstance(value, str):
-        text = value.strip()
-        if not text:
-            return None
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{name}: not valid JSON ({e.msg} at position {e.pos}): {text[:80]!r}") from None
+        return parse_json(value, name) if value.strip() else None
     return value
+
+
+def _bounded(items: Sequence[Any], name: str, what: str) -> Sequence[Any]:
+    if len(items) > MAX_ITEMS:
+        raise ValueError(f"{name}: {len(items)} {what}, more than the {MAX_ITEMS} accepted")
+    return items
 
 
 def parse_points(value: Any, name: str = "positive_coords") -> list[tuple[float, float]]:
@@ -193,15 +196,15 @@ def parse_points(value: Any, name: str = "positive_coords") -> list[tuple[float,
     if not isinstance(data, (list, tuple)):
         raise ValueError(f"{name}: expected a list of points like [{{\"x\": 10, \"y\": 20}}], got {type(data).__name__}")
     out = []
-    for k, p in enumerate(data):
+    for k, p in enumerate(_bounded(data, name, "points")):
         if isinstance(p, dict):
             if "x" not in p or "y" not in p:
-                raise ValueError(f"{name}: point {k} needs keys 'x' and 'y', got {sorted(p)}")
+                raise ValueError(f"{name}: point {k} needs keys 'x' and 'y', got {_short(sorted(map(str, p)))}")
             x, y = p["x"], p["y"]
         elif isinstance(p, (list, tuple)) and len(p) == 2:
             x, y = p
         else:
-            raise ValueError(f"{name}: point {k} must be {{\"x\": .., \"y\": ..}} or [x, y], got {p!r}")
+            raise ValueError(f"{name}: point {k} must be {{\"x\": .., \"y\": ..}} or [x, y], got {_short(p)}")
         out.append((_number(x, name, f"point {k} x"), _number(y, name, f"point {k} y")))
     return out
 
@@ -214,7 +217,8 @@ def _box_from_dict(d: dict, name: str, k: int) -> tuple[float, float, float, flo
     elif all(key in d for key in ("x0", "y0", "x1", "y1")):
         box = tuple(_number(d[key], name, f"box {k} {key}") for key in ("x0", "y0", "x1", "y1"))  # type: ignore[assignment]
     else:
-        raise ValueError(f"{name}: box {k} needs keys x, y, width, height (BOUNDING_BOX), got {sorted(d)}")
+        keys = _short(sorted(map(str, d)))
+        raise ValueError(f"{name}: box {k} needs keys x, y, width, height (BOUNDING_BOX), got {keys}")
     return box
 
 
@@ -240,7 +244,10 @@ def parse_boxes(value: Any, name: str = "bboxes", frame: int | None = None) -> l
     if data is None:
         return []
     if isinstance(data, (torch.Tensor, np.ndarray)):
-        arr = np.asarray(data.detach().cpu() if isinstance(data, torch.Tensor) else data, dtype=np.float64)
+        try:
+            arr = np.asarray(data.detach().cpu() if isinstance(data, torch.Tensor) else data, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: boxes must be numbers, got an array of {data.dtype}") from None
         if arr.ndim == 1:
             arr = arr[None]
         if arr.ndim != 2 or arr.shape[1] != 4:
@@ -265,13 +272,13 @@ def parse_boxes(value: Any, name: str = "bboxes", frame: int | None = None) -> l
     else:
         raise ValueError(f"{name}: unsupported box format {type(data).__name__}")
     out = []
-    for k, b in enumerate(items):
+    for k, b in enumerate(_bounded(items, name, "boxes")):
         if isinstance(b, dict):
             box = _box_from_dict(b, name, k)
         elif isinstance(b, (list, tuple)):
             box = _box_from_seq(b, name, k)
         else:
-            raise ValueError(f"{name}: box {k} must be a dict or 4 numbers, got {b!r}")
+            raise ValueError(f"{name}: box {k} must be a dict or 4 numbers, got {_short(b)}")
         x0, y0, x1, y1 = box
         if x1 <= x0 or y1 <= y0:
             raise ValueError(f"{name}: box {k} {box} is empty or inverted (need x1 > x0 and y1 > y0)")
@@ -289,24 +296,45 @@ def parse_vocabulary(choice: str, custom: str = "", builtin: Sequence[str] = (),
     ``choice == "custom"`` reads ``custom`` (classes separated by commas, semicolons or new lines; duplicates and
     blanks dropped; ``#`` starts a comment line). Any other choice must be one of ``builtin`` (when given).
     """
-    choice = (choice or "").strip()
+    choice = _text(choice, name).strip()
     if choice == "custom":
-        classes: list[str] = []
-        for line in (custom or "").splitlines():
-            if line.strip().startswith("#"):
-                continue
-            for tok in _SPLIT_CLASSES.split(line):
-                tok = " ".join(tok.split())
-                if tok and tok.lower() not in {c.lower() for c in classes}:
-                    classes.append(tok)
-        if not classes:
-            raise ValueError("custom_classes: vocabulary is 'custom' but no class names were typed (e.g. 'person, dog, car')")
-        return classes
+        return _custom_classes(_text(custom, "custom_classes"))
     if builtin and choice not in builtin:
-        raise ValueError(f"{name}: unknown built-in vocabulary {choice!r}; choose one of {list(builtin)} or 'custom'")
+        raise ValueError(f"{name}: unknown built-in vocabulary {_short(choice)}; choose one of {list(builtin)} or 'custom'")
     if not choice:
         raise ValueError(f"{name}: no vocabulary chosen")
     return choice
+
+
+MAX_CLASS_CHARS = 200
+
+
+def _text(value: Any, name: str) -> str:
+    """A widget's text (None = empty); anything else is refused."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"{name}: expected text, got {type(value).__name__}")
+    return value
+
+
+def _custom_classes(custom: str) -> list[str]:
+    classes: list[str] = []
+    seen: set[str] = set()
+    for line in custom.splitlines():
+        if line.strip().startswith("#"):
+            continue
+        for tok in _SPLIT_CLASSES.split(line):
+            tok = " ".join(tok.split())
+            if len(tok) > MAX_CLASS_CHARS:
+                raise ValueError(f"custom_classes: {_short(tok)} is longer than {MAX_CLASS_CHARS} characters")
+            if tok and tok.lower() not in seen:
+                seen.add(tok.lower())
+                classes.append(tok)
+                _bounded(classes, "custom_classes", "classes")
+    if not classes:
+        raise ValueError("custom_classes: vocabulary is 'custom' but no class names were typed (e.g. 'person, dog, car')")
+    return classes
 
 
 _LABEL_PREFIX = re.compile(r"^\s*([A-Za-z0-9_][A-Za-z0-9_ \-]{0,39}?)\s*:\s*(.+)$")
@@ -319,7 +347,7 @@ def parse_expressions(text: str, name: str = "expressions") -> list[tuple[str, s
     colon); otherwise the label is the expression itself. Blank lines and lines starting with ``#`` are skipped.
     """
     out = []
-    for line in (text or "").splitlines():
+    for line in _text(text, name).splitlines():
         s = line.strip()
         if not s or s.startswith("#"):
             continue
@@ -329,27 +357,28 @@ def parse_expressions(text: str, name: str = "expressions") -> list[tuple[str, s
         else:
             label, expr = s, s
         if not expr:
-            raise ValueError(f"{name}: line {line!r} has a label but no expression")
+            raise ValueError(f"{name}: line {_short(line)} has a label but no expression")
         out.append((label, expr))
+        _bounded(out, name, "expressions")
     if not out:
         raise ValueError(f"{name}: type at least one referring expression (one object per line)")
     return out
 
 
-def parse_int_list(text: str, name: str) -> list[int]:
-    """``"1, 3 5-7"`` -> ``[1, 3, 5, 6, 7]`` (commas/spaces separate, ``a-b`` is an inclusive range)."""
+def parse_int_list(text: str, name: str, limit: int = MAX_ITEMS) -> list[int]:
+    """``"1, 3 5-7"`` -> ``[1, 3, 5, 6, 7]`` (commas/spaces separate, ``a-b`` is an inclusive range); at most
+    ``limit`` values in all, each of at most 18 digits."""
     out: list[int] = []
-    for tok in re.split(r"[,\s]+", (text or "").strip()):
+    for tok in re.split(r"[,\s]+", _text(text, name).strip()):
         if not tok:
             continue
-        m = re.fullmatch(r"(\d+)-(\d+)", tok)
+        m = re.fullmatch(r"([0-9]{1,18})-([0-9]{1,18})", tok)
         if m:
-            a, b = int(m.group(1)), int(m.group(2))
-            if b < a:
-                raise ValueError(f"{name}: range {tok!r} goes backwards")
-            out.extend(range(a, b + 1))
-        elif tok.lstrip("-").isdigit():
+            out.extend(int_range(int(m.group(1)), int(m.group(2)), name, limit - len(out)))
+        elif re.fullmatch(r"-?[0-9]{1,18}", tok):
             out.append(int(tok))
         else:
-            raise ValueError(f"{name}: {tok!r} is not an integer")
+            raise ValueError(f"{name}: {_short(tok)} is not a whole number (or a range a-b)")
+        if len(out) > limit:
+            raise ValueError(f"{name}: more than {limit} values")
     return out

@@ -11,6 +11,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from univs_engine.parsing import integer, number, parse_json
+
 from .convert import mask_frame_to_bool, parse_boxes, parse_expressions, parse_points
 
 __all__ = [
@@ -146,53 +148,73 @@ def parse_editor_state(state: Any) -> list[PromptSpec]:
 
     Format (JSON): ``{"version": 1, "objects": [{"id": 1, "label": "", "frames": {"0": {"points": [[x, y, 1], ...],
     "box": [x0, y0, x1, y1] | null}}}]}``; coordinates in pixels of the original frame. Empty/blank -> ``[]``.
+    Any other shape or value raises ``ValueError`` naming the editor and the place.
     """
-    if state is None:
+    if state is None or (isinstance(state, str) and not state.strip()):
         return []
     if isinstance(state, str):
-        if not state.strip():
-            return []
-        import json
-
-        try:
-            state = json.loads(state)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"editor: the prompt editor state is not valid JSON ({e.msg})") from None
+        state = parse_json(state, "editor: the prompt editor state")
     if not isinstance(state, dict):
         raise ValueError("editor: the prompt editor state must be a JSON object")
+    objects = _editor_member(state, "objects", list, "editor")
+    if len(objects) > MAX_EDITOR_OBJECTS:
+        raise ValueError(f"editor: {len(objects)} objects, more than the {MAX_EDITOR_OBJECTS} accepted")
     specs = []
-    for k, obj in enumerate(state.get("objects") or []):
-        try:
-            oid = int(obj.get("id", 0))
-        except (TypeError, ValueError):
-            raise ValueError(f"editor: object {k} has a non-integer id") from None
-        label = str(obj.get("label") or "")
-        for fkey, cues in sorted((obj.get("frames") or {}).items(), key=lambda kv: int(kv[0])):
-            frame = int(fkey)
-            pts, lbls = [], []
-            for p in cues.get("points") or []:
-                if not isinstance(p, (list, tuple)) or len(p) < 2:
-                    raise ValueError(f"editor: object {oid} frame {frame}: bad point {p!r}")
-                pts.append((float(p[0]), float(p[1])))
-                lbls.append(int(p[2]) if len(p) > 2 else 1)
-            box = cues.get("box")
-            boxes = parse_boxes(box, "editor box") if box else []
-            if not pts and not boxes:
-                continue
-            if pts and not any(lbls) and not boxes:
-                raise ValueError(f"editor: object {oid} on frame {frame} has only negative clicks; add a positive click or a box")
-            specs.append(
-                PromptSpec(
-                    obj_id=oid,
-                    frame=frame,
-                    label=label,
-                    points=tuple(pts),
-                    point_labels=tuple(lbls),
-                    box=boxes[0] if boxes else None,
-                    source="prompt editor",
-                )
-            )
+    for k, obj in enumerate(objects):
+        specs.extend(_editor_object(obj, k))
     return specs
+
+
+MAX_EDITOR_OBJECTS = 1000
+MAX_EDITOR_POINTS = 1000
+
+
+def _editor_member(d: dict, key: str, kind: type, where: str) -> Any:
+    """``d[key]`` of type ``kind`` (absent or null -> an empty one)."""
+    value = d.get(key)
+    if value is None:
+        return kind()
+    if not isinstance(value, kind):
+        raise ValueError(f"{where}: '{key}' must be a {'list' if kind is list else 'JSON object'}, "
+                         f"got {type(value).__name__}")
+    return value
+
+
+def _editor_object(obj: Any, k: int) -> list[PromptSpec]:
+    if not isinstance(obj, dict):
+        raise ValueError(f"editor: object {k} must be a JSON object, got {type(obj).__name__}")
+    oid = integer(obj.get("id", 0), f"editor: object {k} id", 0, 1 << 31)
+    label = obj.get("label") or ""
+    if not isinstance(label, str):
+        raise ValueError(f"editor: object {oid} has a non-text label")
+    frames = _editor_member(obj, "frames", dict, f"editor: object {oid}")
+    cues = sorted(((integer(f, f"editor: object {oid} frame key {str(f)[:20]!r}", 0, 1 << 31), c)
+                   for f, c in frames.items()), key=lambda fc: fc[0])
+    return [s for frame, c in cues if (s := _editor_cues(c, oid, frame, label)) is not None]
+
+
+def _editor_cues(cues: Any, oid: int, frame: int, label: str) -> PromptSpec | None:
+    where = f"editor: object {oid} frame {frame}"
+    if not isinstance(cues, dict):
+        raise ValueError(f"{where}: must be a JSON object with points and box")
+    points = _editor_member(cues, "points", list, where)
+    if len(points) > MAX_EDITOR_POINTS:
+        raise ValueError(f"{where}: {len(points)} points, more than the {MAX_EDITOR_POINTS} accepted")
+    pts, lbls = [], []
+    for p in points:
+        if not isinstance(p, (list, tuple)) or not 2 <= len(p) <= 3:
+            raise ValueError(f"{where}: bad point {str(p)[:40]} (need [x, y] or [x, y, 0|1])")
+        pts.append((number(p[0], f"{where}: point x"), number(p[1], f"{where}: point y")))
+        lbls.append(integer(p[2], f"{where}: point label", 0, 1) if len(p) > 2 else 1)
+    box = cues.get("box")
+    boxes = parse_boxes(box, f"{where}: box") if box else []
+    if not pts and not boxes:
+        return None
+    if pts and not any(lbls) and not boxes:
+        raise ValueError(f"editor: object {oid} on frame {frame} has only negative clicks; add a positive click or "
+                         "a box")
+    return PromptSpec(obj_id=oid, frame=frame, label=label, points=tuple(pts), point_labels=tuple(lbls),
+                      box=boxes[0] if boxes else None, source="prompt editor")
 
 
 def build_text_prompts(*, expressions: str, frame_hint: int = 0, object_id: int = 0, previous: Any = None) -> tuple[PromptSpec, ...]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import namedtuple
 from typing import Any, Callable, Iterable, Sequence
 
@@ -51,45 +52,62 @@ def select_objects(tracks: Any, select: str = "", name: str = "select") -> list[
 
     Empty, ``*`` or ``all`` = every object. Otherwise comma/newline-separated tokens: an integer (or ``a-b`` range)
     is an object id; any other token matches object labels case-insensitively (``person`` picks every person).
-    A leading ``!`` excludes (``all, !person``). Unknown ids or labels raise ``ValueError`` listing what exists.
+    A leading ``!`` excludes (``all, !person``). Unknown ids or labels raise ``ValueError`` listing what exists;
+    so does text that is not a string. A range costs the number of objects, not its width.
     """
     check_tracks(tracks)
     ids = list(tracks.object_ids)
+    if select is not None and not isinstance(select, str):
+        raise ValueError(f"{name}: expected text, got {type(select).__name__}")
     text = (select or "").strip()
     if not text or text.lower() in ("*", "all"):
         return ids
-    labels = {oid: (tracks.info(oid).label or "").strip().lower() for oid in ids}
+    labels: dict[str, list[int]] = {}
+    for oid in ids:
+        labels.setdefault((tracks.info(oid).label or "").strip().lower(), []).append(oid)
     chosen: set[int] = set()
     excluded: set[int] = set()
     any_positive = False
-    for raw in text.replace("\n", ",").replace(";", ",").split(","):
+    tokens = text.replace("\n", ",").replace(";", ",").split(",")
+    if len(tokens) > MAX_SELECT_TOKENS:
+        raise ValueError(f"{name}: {len(tokens)} entries, more than the {MAX_SELECT_TOKENS} accepted")
+    for raw in tokens:
         tok = raw.strip()
         if not tok:
             continue
         neg = tok.startswith("!")
         if neg:
             tok = tok[1:].strip()
-        target = excluded if neg else chosen
         any_positive |= not neg
-        if tok.lower() in ("*", "all"):
-            target.update(ids)
-            continue
-        rng = tok.split("-")
-        if tok.isdigit() or (len(rng) == 2 and rng[0].strip().isdigit() and rng[1].strip().isdigit()):
-            a, b = (int(tok), int(tok)) if tok.isdigit() else (int(rng[0]), int(rng[1]))
-            found = [i for i in range(a, b + 1) if i in labels]
-            if not found:
-                raise ValueError(f"{name}: no object with id {tok}; the tracks hold ids {ids}")
-            target.update(found)
-            continue
-        found = [oid for oid, lab in labels.items() if lab == tok.lower()]
-        if not found:
-            known = sorted({lab for lab in labels.values() if lab})
-            raise ValueError(f"{name}: no object labelled {tok!r}; labels in the tracks: {known}, ids: {ids}")
-        target.update(found)
+        (excluded if neg else chosen).update(_select_token(tok, ids, labels, name))
     if not any_positive:
         chosen = set(ids)
     return [oid for oid in ids if oid in chosen and oid not in excluded]
+
+
+MAX_SELECT_TOKENS = 10_000
+_ID_RANGE = re.compile(r"([0-9]{1,18})(?:\s*-\s*([0-9]{1,18}))?")
+
+
+def _select_token(tok: str, ids: list[int], labels: dict[str, list[int]], name: str) -> list[int]:
+    """The objects one token of ``select`` names: all, an id, an id range a-b, or a label."""
+    if tok.lower() in ("*", "all"):
+        return ids
+    m = _ID_RANGE.fullmatch(tok)
+    if m:
+        a, b = int(m.group(1)), int(m.group(2) or m.group(1))
+        if b < a:
+            raise ValueError(f"{name}: the range {tok} runs backwards")
+        found = [i for i in ids if a <= i <= b]
+        if not found:
+            raise ValueError(f"{name}: no object with id {tok}; the tracks hold ids {ids}")
+        return found
+    found = labels.get(tok.lower(), [])
+    if not found:
+        known = sorted(lab for lab in labels if lab)
+        shown = tok if len(tok) <= 60 else tok[:57] + "..."
+        raise ValueError(f"{name}: no object labelled {shown!r}; labels in the tracks: {known}, ids: {ids}")
+    return found
 
 
 def frame_range(start_frame: int, end_frame: int, num_frames: int, name: str = "start_frame") -> range:

@@ -1,5 +1,12 @@
-"""`univs segment` for all six tasks on the bundled sample with the shipped model, and `univs eval`."""
+"""`univs segment` for all six tasks on the bundled sample with the shipped model, `univs eval`, and how a
+run ends early: SIGINT / SIGTERM and a truncated video keep the frames finished, marked partial."""
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -23,19 +30,29 @@ def test_segment_writes_outputs_for_every_task(task, tmp_path):
     assert main(args) == 0
     tracks = Tracks.load(out / "tracks.npz")
     assert (tracks.num_frames, tracks.height, tracks.width) == (48, 240, 320)
+    assert tracks.segmented_frames() == list(range(FRAMES))  # --stop is honoured by every task
     legend = json.loads((out / "legend.json").read_text())
-    assert [e["id"] for e in legend] == tracks.object_ids
+    assert legend["partial"] is False and legend["segmented_frames"] == [[0, FRAMES - 1]]
+    assert [e["id"] for e in legend["objects"]] == tracks.object_ids
     ids = sorted((out / "ids").glob("*.png"))
-    assert len(ids) == 48
+    assert [p.name for p in ids] == [f"{f:05d}.png" for f in range(FRAMES)]  # no blank PNG for frames not run
     assert (out / "preview.mp4").stat().st_size > 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "legend.json").stat().st_mode & 0o777 == 0o666 & ~umask  # ordinary permissions
+    assert (out / "tracks.npz").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (out / "ids").stat().st_mode & 0o777 == 0o777 & ~umask
     if task in ("vos", "pvos", "refvos"):
         assert tracks.object_ids == [1, 2, 3]  # the sidecar's targets
         assert (out / "masks").is_dir()
     else:
         assert (out / "color").is_dir()
-        assert all(e["label"] for e in legend)
+        assert all(e["label"] for e in legend["objects"])
     if task == "vis":
-        assert isinstance(json.loads((out / "results.json").read_text()), list)
+        results = json.loads((out / "results.json").read_text())
+        assert isinstance(results, list)
+        assert all(len(r["segmentations"]) == 48 and r["segmentations"][FRAMES:] == [None] * (48 - FRAMES)
+                   for r in results)  # frames never processed are null, not empty masks
 
 
 def test_segment_refuses_to_overwrite_and_reports_bad_prompts(tmp_path, capsys):
@@ -86,28 +103,95 @@ def test_eval_ytvis_json(tmp_path, capsys):
     assert float(scores["AP"]) == pytest.approx(1.0)
 
 
-def test_ctrl_c_stops_cleanly_and_keeps_finished_frames(tmp_path):
-    import signal
-    import subprocess
-    import sys
-    import time
-
+def _long_video(path, n=2000):
     from univs_engine.data.synthetic import write_mp4
 
-    frames = np.zeros((2000, 96, 128, 3), np.uint8)  # far more than 10 s of work
-    for t in range(2000):
+    frames = np.zeros((n, 96, 128, 3), np.uint8)  # far more frames than the test lets run
+    for t in range(n):
         frames[t, 20:50, (t % 90):(t % 90) + 30] = 220
-    write_mp4(frames, tmp_path / "long.mp4", fps=25)
+    write_mp4(frames, path, fps=25)
+
+
+class StderrWatch:
+    """Reads a child's stderr in a thread; wait_for(pattern) blocks until the pattern appears (tqdm redraws with
+    carriage returns, so lines are not waited for)."""
+
+    def __init__(self, proc):
+        self.text, self._changed = "", threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(proc.stderr,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream):
+        while chunk := os.read(stream.fileno(), 4096):
+            with self._changed:
+                self.text += chunk.decode(errors="replace")
+                self._changed.notify_all()
+        with self._changed:
+            self.text += "\0"  # end of stream
+            self._changed.notify_all()
+
+    def wait_for(self, pattern, timeout):
+        with self._changed:
+            ok = self._changed.wait_for(lambda: re.search(pattern, self.text) or "\0" in self.text, timeout)
+        return bool(ok) and re.search(pattern, self.text) is not None
+
+    def rest(self, timeout):
+        self._thread.join(timeout)
+        return self.text
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_after_the_current_clip_and_writes_the_finished_frames(tmp_path, sig):
+    """Waits for the first progress line (a finished frame), then signals; the old test slept 10 s instead."""
+    _long_video(tmp_path / "long.mp4")
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "univs_engine.cli", "segment", str(tmp_path / "long.mp4"),
-                             "--box", "0,20,30,50", "--out", str(out)], stderr=subprocess.PIPE, text=True)
-    time.sleep(10)  # model loaded and some frames done
-    assert proc.poll() is None, "the run ended before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-2000:]
-    assert "stopped" in err
+                             "--box", "0,20,30,50", "--out", str(out)], stderr=subprocess.PIPE, cwd=ROOT)
+    watch = StderrWatch(proc)
+    try:
+        assert watch.wait_for(r"\| *[1-9][0-9]*/2000 ", timeout=600), watch.text[-2000:]
+        proc.send_signal(sig)
+        assert proc.wait(timeout=600) == 128 + sig
+    finally:
+        proc.kill()
+    err = watch.rest(60)
+    name = signal.Signals(sig).name
+    assert f"\nunivs: stopped by {name}; wrote the" in err and "marked partial" in err, err[-2000:]
+    legend = json.loads((out / "legend.json").read_text())
     tracks = Tracks.load(out / "tracks.npz")
-    done = tracks.frames_with(1)  # frames with a non-empty mask of the target
-    assert done and done[0] == 0 and done[-1] < 1999
-    assert (out / "preview.mp4").exists()
+    done = tracks.segmented_frames()
+    assert legend["partial"] is True and legend["stopped_by"] == name
+    assert done == list(range(len(done))) and 0 < len(done) < 2000 and legend["segmented_frames"] == [[0, done[-1]]]
+    # only the processed frames are written: no blank masks for the rest
+    assert sorted(os.listdir(out / "ids")) == [f"{f:05d}.png" for f in done]
+    assert sorted(os.listdir(out / "masks" / "1")) == [f"{f:05d}.png" for f in done]
+    assert tracks.frames_with(1)[0] == 0
+    assert not [n for n in os.listdir(out) if n.startswith(".")]  # no temp files left behind
+
+
+def test_a_truncated_video_stops_cleanly_and_keeps_the_frames_before_the_bad_one(tmp_path):
+    """A corrupt frame mid-video ended the run with nothing written."""
+    from univs_engine.io.video import VideoSource
+    from univs_engine.io.writers import OverlayVideoWriter
+
+    rng = np.random.default_rng(0)
+    with OverlayVideoWriter(tmp_path / "full.mp4", 128, 96, 25) as w:  # faststart: the index precedes the data
+        for t in range(24):
+            f = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
+            f[20:50, t * 3:t * 3 + 30] = 220
+            w.write(f)
+    data = (tmp_path / "full.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: int(len(data) * 0.6)])
+    with pytest.raises(ValueError, match=r"frame (\d+) could not be decoded") as e:  # the precondition
+        list(VideoSource(tmp_path / "cut.mp4").iter_frames())
+    bad = int(re.search(r"frame (\d+)", str(e.value)).group(1))
+    proc = subprocess.run([sys.executable, "-m", "univs_engine.cli", "segment", str(tmp_path / "cut.mp4"), "--box",
+                           "0,20,30,50", "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                          timeout=900, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"\nunivs: error: stopped at frame {bad}: " in proc.stderr and "marked partial" in proc.stderr
+    done = Tracks.load(tmp_path / "out" / "tracks.npz").segmented_frames()
+    assert done and done == list(range(len(done))) and done[-1] < bad
+    assert sorted(os.listdir(tmp_path / "out" / "ids")) == [f"{f:05d}.png" for f in done]
+    legend = json.loads((tmp_path / "out" / "legend.json").read_text())
+    assert legend["partial"] is True and legend["stopped_by"].startswith(f"stopped at frame {bad}")

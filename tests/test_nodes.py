@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -189,6 +190,66 @@ def test_parse_vocabulary_and_expressions():
     with pytest.raises(ValueError, match="expressions: type at least one"):
         C.parse_expressions("  \n# only a comment")
     assert C.parse_int_list("1, 3 5-7", "x") == [1, 3, 5, 6, 7]
+
+
+def _quick(fn, *args, bound_s=1.0, **kw):
+    """fn(*args) must raise ValueError (the nodes' error type) within bound_s seconds."""
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError) as e:
+        fn(*args, **kw)
+    assert time.perf_counter() - t0 < bound_s, f"{fn.__name__} took {time.perf_counter() - t0:.1f} s"
+    return str(e.value)
+
+
+def test_node_parsers_fail_closed_on_hostile_text():
+    """Each was found crashing (RecursionError, OverflowError, MemoryError, AttributeError) or hanging."""
+    deep = "[" * 1000 + "]" * 1000
+    assert _quick(C.parse_points, deep).startswith("positive_coords: JSON nested more than")  # RecursionError
+    assert _quick(C.parse_boxes, deep, "bboxes").startswith("bboxes: JSON nested more than")
+    assert "more than 64 digits" in _quick(C.parse_points, "[[" + "9" * 400 + ", 1]]")  # OverflowError
+    assert "out of range" in _quick(C.parse_points, "[[1e999, 1]]")
+    assert "outside the accepted range" in _quick(C.parse_points, [[10 ** 400, 1]])  # a Python int
+    assert "must be a number" in _quick(C.parse_boxes, [[True, 1, 2, 3]])
+    assert "is not a whole number" in _quick(C.parse_int_list, "\u00b2", "frames")  # isdigit() but not int()
+    assert "holds 99999999 values, more than" in _quick(C.parse_int_list, "1-99999999", "frames")  # MemoryError
+    assert "runs backwards" in _quick(C.parse_int_list, "7-3", "frames")
+    assert "expected text, got int" in _quick(C.parse_vocabulary, "custom", 5)  # AttributeError
+    assert "expected text, got list" in _quick(C.parse_expressions, ["a"])
+    many = ", ".join(f"class{i}" for i in range(12_000))  # the duplicate check was quadratic
+    assert "custom_classes: 10001 classes, more than the 10000 accepted" in _quick(C.parse_vocabulary, "custom", many)
+    assert len(C.parse_vocabulary("custom", ", ".join(f"c{i}" for i in range(9000)))) == 9000
+
+
+@pytest.mark.parametrize("state, message", [
+    ('{"objects": "x"}', "editor: 'objects' must be a list"),                        # was AttributeError
+    ("[" * 1000 + "]" * 1000, "editor: the prompt editor state: JSON nested more than"),   # was RecursionError
+    ('{"objects": [5]}', "editor: object 0 must be a JSON object"),
+    ('{"objects": [{"id": 1, "frames": {"1e999": {"points": [[1, 1]]}}}]}', "frame key"),
+    ('{"objects": [{"id": 1, "frames": {"0": "x"}}]}', "editor: object 1 frame 0: must be a JSON object"),
+    ('{"objects": [{"id": 1, "frames": {"0": {"points": [[1, 1, 7]]}}}]}', "point label: 7 is outside"),
+    ('{"objects": [{"id": 1, "frames": {"0": {"points": [[1e999, 1]]}}}]}', "the number 1e999 is out of range"),
+    ('{"objects": [{"id": 1, "frames": {"0": {"points": [[' + "9" * 400 + ', 1]]}}}]}', "more than 64 digits"),
+    ('{"objects": [{"id": "x", "frames": {}}]}', "editor: object 0 id: must be a number"),
+    ('{"objects": [{"id": 1, "label": 5, "frames": {}}]}', "non-text label"),
+])
+def test_editor_state_fails_closed(state, message):
+    assert message in _quick(P.parse_editor_state, state)
+
+
+def test_select_ranges_cost_the_objects_not_the_width():
+    """'1-999999999' iterated a billion ids (> 10 s)."""
+    import time
+
+    tr = make_tracks()
+    t0 = time.perf_counter()
+    assert S.select_objects(tr, "1-999999999") == [1, 2] and S.select_objects(tr, "2 - 99999999999") == [2]
+    assert time.perf_counter() - t0 < 1.0
+    assert "runs backwards" in _quick(S.select_objects, tr, "5-1")
+    assert "expected text, got int" in _quick(S.select_objects, tr, 5)
+    assert "no object labelled" in _quick(S.select_objects, tr, "\u00b2")
+    assert "20000 entries, more than the 10000 accepted" in _quick(S.select_objects, tr, ",".join(["1"] * 20000))
 
 
 # ============================================================================================== prompt chaining
@@ -590,6 +651,9 @@ def test_sample_video_placed_once_and_never_over_a_users_file(tmp_path):
     path = R.place_sample_video(src, inp)
     assert path == str(inp / R.SAMPLE_NAME) and (inp / R.SAMPLE_NAME).read_bytes() == src.read_bytes()
     assert [p.name for p in inp.iterdir()] == [R.SAMPLE_NAME]  # no temporary file left
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (inp / R.SAMPLE_NAME).stat().st_mode & 0o777 == 0o666 & ~umask
     (inp / R.SAMPLE_NAME).write_bytes(b"the user's own clip")
     assert R.place_sample_video(src, inp) == path
     assert (inp / R.SAMPLE_NAME).read_bytes() == b"the user's own clip"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import math
 
 import numpy as np
@@ -181,3 +182,6 @@ def test_segmented_frames_and_fps_survive_save_and_load(tmp_path):
     assert tr.segmented_frames() == [1, 2, 4] and tr.segmented_frames(range(2, 6)) == [2, 4]
     back = Tracks.load(tr.save(tmp_path / "t.npz"))
     assert back.segmented_frames() == [1, 2, 4] and back.fps == 12.5 and not back.is_segmented(0)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / "t.npz").stat().st_mode & 0o777 == 0o666 & ~umask

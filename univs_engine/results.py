@@ -413,6 +413,9 @@ class Tracks:
                 np.savez(fh, **arrays)
                 fh.flush()
                 os.fsync(fh.fileno())
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a results file gets the user's usual mode
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):

@@ -164,6 +164,12 @@ _SPLIT_RE = regex.compile(
     regex.IGNORECASE,
 )
 _SPECIAL = {"<|startoftext|>": SOT_TOKEN, "<|endoftext|>": EOT_TOKEN}
+# Only the first CONTEXT_LENGTH - 1 ids of a text are ever kept, and one BPE token spans at most 32 byte
+# characters, so a sequence never needs more than this much of a piece, nor (normalised whitespace and HTML
+# entities aside) of the text: longer input is cut before the (quadratic) BPE runs. Texts shorter than these
+# bounds tokenize exactly as before.
+_MAX_PIECE_CHARS = (CONTEXT_LENGTH + 1) * 32
+_MAX_TEXT_CHARS = 4 * _MAX_PIECE_CHARS
 
 
 def _normalize(text: str) -> str:
@@ -188,22 +194,43 @@ class ClipBPETokenizer:
         if self._tok.encoder.get("<start_of_text>") != SOT_TOKEN or len(self._tok.encoder) != EOT_TOKEN + 1:
             raise RuntimeError("open_clip's bundled CLIP vocabulary is not the expected 49408-token OpenAI BPE")
 
-    def encode(self, text: str) -> List[int]:
-        """BPE ids of `text` (no SOT/EOT)."""
+    def encode(self, text: str, limit: int | None = None) -> List[int]:
+        """BPE ids of `text` (no SOT/EOT); with `limit`, only what the first `limit` ids need is tokenized."""
         ids: List[int] = []
         tok = self._tok
-        for piece in _SPLIT_RE.findall(_normalize(text)):
+        for match in _SPLIT_RE.finditer(_normalize(text)):
+            if limit is not None and len(ids) >= limit:
+                return ids[:limit]
+            piece = match.group()
             special = _SPECIAL.get(piece)
             if special is not None:
                 ids.append(special)
                 continue
             piece = "".join(tok.byte_encoder[b] for b in piece.encode("utf-8"))
-            ids.extend(tok.encoder[p] for p in tok.bpe(piece).split(" "))
-        return ids
+            if limit is None:
+                ids.extend(self._bpe(piece))
+            else:
+                ids.extend(self._bpe_start(piece, limit - len(ids)))
+        return ids if limit is None else ids[:limit]
+
+    def _bpe(self, piece: str) -> List[int]:
+        return [self._tok.encoder[p] for p in self._tok.bpe(piece).split(" ")]
+
+    def _bpe_start(self, piece: str, need: int) -> List[int]:
+        """The first ids of a piece: BPE of a growing start of it until that gives `need` ids and a margin the
+        cut cannot reach (a piece of up to 256 byte characters is taken whole, as ``_bpe`` does)."""
+        size = 256
+        while True:
+            ids = self._bpe(piece[:size])
+            if size >= min(len(piece), _MAX_PIECE_CHARS) or len(ids) >= need + 8:
+                return ids
+            size *= 2
 
     def sequence(self, text: str) -> List[int]:
-        """``[SOT] + ids + [EOT]`` cut to the context length (EOT dropped when too long, as in UniVS)."""
-        return ([SOT_TOKEN] + self.encode(text) + [EOT_TOKEN])[: self.context_length]
+        """``[SOT] + ids + [EOT]`` cut to the context length (EOT dropped when too long, as in UniVS); only the
+        start of a very long text is tokenized (the ids it yields are the ones kept)."""
+        ids = self.encode(text[:_MAX_TEXT_CHARS], self.context_length - 1)
+        return ([SOT_TOKEN] + ids + [EOT_TOKEN])[: self.context_length]
 
     def __call__(self, texts: Union[str, Iterable[str]]) -> torch.Tensor:
         """Token ids [N, context_length] int64, zero padded."""

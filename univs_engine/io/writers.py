@@ -7,8 +7,10 @@ Every writer takes one frame at a time and never holds the whole video. Outputs 
 * PNG sequences are written into a hidden temp folder next to the destination and renamed on :meth:`close`.
 
 An existing destination is never replaced silently: constructors raise ``FileExistsError`` unless
-``overwrite=True``. Using a writer as a context manager commits on success and discards the temp output when the
-block raises. The ``export_*`` helpers stream a whole :class:`~univs_engine.results.Tracks` (plus the video for
+``overwrite=True``, and a destination that is a symbolic link is always refused (a write never follows a link
+out of the output folder). New files and folders get the usual permissions (``0o666`` / ``0o777`` less the
+umask). Using a writer as a context manager commits on success and discards the temp output when the block
+raises. The ``export_*`` helpers stream a whole :class:`~univs_engine.results.Tracks` (plus the video for
 RGB content) through these writers.
 
 Encoders (checked at run time with :func:`available_encoders`): overlay mp4 uses ``libx264`` (yuv420p, CRF)
@@ -49,6 +51,9 @@ __all__ = [
     "OverlayVideoWriter",
     "YtvisJsonWriter",
     "write_ytvis_json",
+    "write_json",
+    "save_tracks",
+    "normal_mode",
     "export_mask_pngs",
     "export_id_pngs",
     "export_color_pngs",
@@ -77,8 +82,21 @@ def available_encoders() -> dict[str, bool]:
 
 # =============================================================================================== atomic targets
 def _refuse_existing(path: Path, overwrite: bool) -> None:
+    if path.is_symlink():
+        raise FileExistsError(f"{path} is a symbolic link; refusing to write through it (remove it first)")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def normal_mode(path: str | os.PathLike[str]) -> None:
+    """Give a file or folder made private by ``tempfile`` the permissions of an ordinary new one (umask applied)."""
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
 
 
 class _AtomicFile:
@@ -114,6 +132,7 @@ class _AtomicDir:
             raise NotADirectoryError(f"{self.path} exists and is not a folder")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
+        normal_mode(self.tmp)  # mkdtemp makes it 0700
 
     def commit(self) -> Path:
         _refuse_existing(self.path, self.overwrite)
@@ -600,9 +619,15 @@ class YtvisJsonWriter(_Writer):
             self._fh.write(("," if self.count else "") + json.dumps(r, separators=(",", ":")))
             self.count += 1
 
-    def add_tracks(self, tracks: "Tracks", video_id: int, category_ids: dict[int, int] | None = None) -> None:
-        """Append all objects of one video (see ``Tracks.to_ytvis_json``)."""
-        self.add(tracks.iter_ytvis(video_id, category_ids))
+    def add_tracks(self, tracks: "Tracks", video_id: int, category_ids: dict[int, int] | None = None,
+                   frames: Iterable[int] | None = None) -> None:
+        """Append all objects of one video (see ``Tracks.to_ytvis_json``); with ``frames``, the segmentation of
+        every other frame is ``null`` (not processed) instead of an empty mask."""
+        keep = None if frames is None else set(frames)
+        for r in tracks.iter_ytvis(video_id, category_ids):
+            if keep is not None:
+                r["segmentations"] = [s if f in keep else None for f, s in enumerate(r["segmentations"])]
+            self.add([r])
 
     def _finish(self) -> None:
         self._fh.write("]")
@@ -620,19 +645,48 @@ def write_ytvis_json(
     video_id: int | None = None,
     category_ids: dict[int, int] | None = None,
     overwrite: bool = False,
+    frames: Iterable[int] | None = None,
 ) -> Path:
-    """Write YouTube-VIS results (a list of dicts, or one ``Tracks`` with its ``video_id``) atomically."""
+    """Write YouTube-VIS results (a list of dicts, or one ``Tracks`` with its ``video_id``) atomically.
+
+    ``frames``: with a ``Tracks``, the frames that were processed (the others get ``null`` segmentations)."""
     with YtvisJsonWriter(path, overwrite=overwrite) as w:
         if hasattr(results, "iter_ytvis"):
             if video_id is None:
                 raise ValueError("video_id is required when writing a Tracks object")
-            w.add_tracks(results, video_id, category_ids)  # type: ignore[arg-type]
+            w.add_tracks(results, video_id, category_ids, frames)  # type: ignore[arg-type]
         else:
             w.add(results)  # type: ignore[arg-type]
     return w.path
 
 
+def write_json(path: str | os.PathLike[str], data: Any, overwrite: bool = False) -> Path:
+    """Write ``data`` as indented JSON atomically (never through a symbolic link)."""
+    target = _AtomicFile(path, overwrite)
+    try:
+        target.tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+        return target.commit()
+    except BaseException:
+        target.abort()
+        raise
+
+
+def save_tracks(tracks: "Tracks", path: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """``Tracks.save`` atomically, never through a symbolic link, with ordinary file permissions."""
+    target = _AtomicFile(path, overwrite)
+    try:
+        tracks.save(target.tmp)
+        return target.commit()
+    except BaseException:
+        target.abort()
+        raise
+
+
 # =============================================================================================== exports from Tracks
+def _frames(tracks: "Tracks", frames: Iterable[int] | None) -> list[int]:
+    return list(range(tracks.num_frames)) if frames is None else sorted(set(frames))
+
+
 def _check_source(tracks: "Tracks", source: "VideoSource | None") -> None:
     if source is None:
         return
@@ -650,11 +704,13 @@ def export_mask_pngs(
     bit_depth: int = 8,
     frame_names: Sequence[str] | None = None,
     overwrite: bool = False,
+    frames: Iterable[int] | None = None,
 ) -> Path:
-    """Per-object 0/255 (or 16-bit) PNG sequences for every frame (blank frames included)."""
+    """Per-object 0/255 (or 16-bit) PNG sequences for every frame of ``frames`` (default: all; blank masks
+    included), e.g. ``tracks.segmented_frames()`` to leave out frames a run never processed."""
     ids = tracks.object_ids if obj_ids is None else list(obj_ids)
     with MaskPngWriter(out_dir, bit_depth=bit_depth, frame_names=frame_names, overwrite=overwrite) as w:
-        for f in range(tracks.num_frames):
+        for f in _frames(tracks, frames):
             for o in ids:
                 w.write(f, o, tracks.mask(f, o))
     return w.path
@@ -667,10 +723,11 @@ def export_id_pngs(
     obj_ids: Iterable[int] | None = None,
     frame_names: Sequence[str] | None = None,
     overwrite: bool = False,
+    frames: Iterable[int] | None = None,
 ) -> Path:
-    """Per-frame id PNGs of ``Tracks.id_map`` (later-added objects win overlaps)."""
+    """Per-frame id PNGs of ``Tracks.id_map`` (later-added objects win overlaps) for ``frames`` (default: all)."""
     with IdPngWriter(out_dir, mode=mode, frame_names=frame_names, overwrite=overwrite) as w:
-        for f in range(tracks.num_frames):
+        for f in _frames(tracks, frames):
             w.write(f, tracks.id_map(f, obj_ids))
     return w.path
 
@@ -681,10 +738,12 @@ def export_color_pngs(
     obj_ids: Iterable[int] | None = None,
     frame_names: Sequence[str] | None = None,
     overwrite: bool = False,
+    frames: Iterable[int] | None = None,
 ) -> Path:
-    """Per-frame colour-coded PNGs of ``Tracks.color_map`` (object colours, black background)."""
+    """Per-frame colour-coded PNGs of ``Tracks.color_map`` (object colours, black background), ``frames``
+    (default: all)."""
     with ColorPngWriter(out_dir, frame_names=frame_names, overwrite=overwrite) as w:
-        for f in range(tracks.num_frames):
+        for f in _frames(tracks, frames):
             w.write(f, tracks.color_map(f, obj_ids))
     return w.path
 
@@ -697,19 +756,29 @@ def export_alpha_video(
     fps: float | None = None,
     overwrite: bool = False,
     codec: str | None = None,
+    frames: Iterable[int] | None = None,
 ) -> Path:
-    """Alpha video of one object: the source frames (or the object's colour) with the mask as alpha."""
+    """Alpha video of one object: the source frames (or the object's colour) with the mask as alpha.
+
+    ``frames``: the video covers the first to the last of them (default: the whole video)."""
     _check_source(tracks, source)
     rate = fps or (source.fps if source is not None else 30.0)
     color = tracks.info(obj_id).color
+    span = _span(tracks, frames)
     with AlphaVideoWriter(path, tracks.width, tracks.height, rate, overwrite=overwrite, codec=codec) as w:
         if source is None:
-            for f in range(tracks.num_frames):
+            for f in span:
                 w.write(tracks.mask(f, obj_id), None, color)
         else:
-            for f, rgb in source.iter_frames():
+            for f, rgb in source.iter_frames(span.start, span.stop):
                 w.write(tracks.mask(f, obj_id), rgb)
     return w.path
+
+
+def _span(tracks: "Tracks", frames: Iterable[int] | None) -> range:
+    """First to last of ``frames`` (default: the whole video) as a range."""
+    picked = _frames(tracks, frames)
+    return range(picked[0], picked[-1] + 1) if picked else range(0)
 
 
 def export_overlay_video(
@@ -723,11 +792,15 @@ def export_overlay_video(
     labels: bool = True,
     overwrite: bool = False,
     crf: int = 20,
+    frames: Iterable[int] | None = None,
 ) -> Path:
-    """Overlay preview mp4: translucent coloured masks, contours and ``"<id> <label>"`` text over the video."""
+    """Overlay preview mp4: translucent coloured masks, contours and ``"<id> <label>"`` text over the video.
+
+    ``frames``: the preview covers the first to the last of them (default: the whole video)."""
     _check_source(tracks, source)
     ids = None if obj_ids is None else list(obj_ids)
+    span = _span(tracks, frames)
     with OverlayVideoWriter(path, tracks.width, tracks.height, fps or source.fps, overwrite=overwrite, crf=crf) as w:
-        for f, rgb in source.iter_frames():
+        for f, rgb in source.iter_frames(span.start, span.stop):
             w.write(render_tracks_overlay(rgb, tracks, f, ids, alpha=alpha, contours=contours, labels=labels))
     return w.path
