@@ -98,6 +98,20 @@ def _check_carried_copy(name: str) -> None:
         pytest.fail(f"{carried} no longer matches {full} for {stale}: re-run tools/make_reduced_reference.py")
 
 
+def reference_r50(device="cpu"):
+    """A fresh R50 UniVS holding the reference weights (the rule's values, with the official tied temperature)."""
+    import torch  # noqa: PLC0415
+    import weight_rule  # noqa: PLC0415
+    from univs_engine.config import get_config  # noqa: PLC0415
+    from univs_engine.modeling.univs import build_univs  # noqa: PLC0415
+
+    torch.set_num_threads(2)
+    model = build_univs(get_config("r50"))
+    sd = weight_rule.official_effective_state_dict(weight_rule.make_state_dict(model.state_dict()))
+    model.load_state_dict(sd, strict=True)
+    return model.to(device)
+
+
 @pytest.fixture(scope="session")
 def make_weights():
     """The reference weight rule, this repository's implementation (tests/weight_rule.py); test_weight_rule.py

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import load_reference, reference_path
+from conftest import reference_r50, load_reference, reference_path
 from univs_engine.checkpoint import CheckpointError, convert_checkpoint, load_checkpoint
 from univs_engine.config import get_config
 from univs_engine.inference.vos import ClipSettings, PromptedClipLoop
@@ -40,12 +40,8 @@ DEVICE = os.environ.get("UNIVS_TEST_DEVICE", "cpu")  # e.g. cuda: the same parit
 
 
 @pytest.fixture(scope="module")
-def r50(make_weights):
-    torch.set_num_threads(2)
-    model = build_univs(get_config("r50"))
-    sd = make_weights.official_effective_state_dict(make_weights.make_state_dict(model.state_dict()))
-    model.load_state_dict(sd, strict=True)
-    return model.to(DEVICE)
+def r50():
+    return reference_r50(DEVICE)
 
 
 @torch.no_grad()

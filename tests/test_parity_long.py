@@ -23,11 +23,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REDUCED, load_reference
-from univs_engine.config import get_config
+from conftest import reference_r50, REDUCED, load_reference
 from univs_engine.inference.vos import ClipSettings, PromptedClipLoop
 from univs_engine.io.video import preprocess_frames
-from univs_engine.modeling.univs import build_univs
 
 TOL = 1e-4
 R = 32
@@ -74,12 +72,8 @@ def h():
 
 
 @pytest.fixture(scope="module")
-def r50(make_weights):
-    torch.set_num_threads(2)
-    model = build_univs(get_config("r50"))
-    sd = make_weights.official_effective_state_dict(make_weights.make_state_dict(model.state_dict()))
-    model.load_state_dict(sd, strict=True)
-    return model.to(DEVICE).eval()
+def r50():
+    return reference_r50(DEVICE).eval()
 
 
 def key_cells(mask: torch.Tensor) -> torch.Tensor:
