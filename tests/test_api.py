@@ -171,3 +171,13 @@ def test_frame_feeder_streams_backward_runs_without_seeking(model, monkeypatch):
         assert np.array_equal(feeder._frame_at(k), expected[k])
     assert seeks == [order[25]]
     feeder.close()
+
+
+def test_frames_below_the_minimum_size_are_refused(model):
+    from univs_engine.api import MIN_SIDE
+
+    tiny = np.zeros((2, MIN_SIDE - 1, 40, 3), np.uint8)
+    with pytest.raises(ValueError, match=f"40x{MIN_SIDE - 1} frames are too small.*at least {MIN_SIDE} pixels"):
+        track(model, tiny, [Prompt(1, 0, box=(0, 0, 5, 5))])
+    with pytest.raises(ValueError, match="too small"):
+        segment(model, tiny, task="semantic")

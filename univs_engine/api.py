@@ -277,8 +277,16 @@ class FrameFeeder:
                              align_corners=False)[:, 0]
 
 
+MIN_SIDE = 12  # measured on the sample clip scaled down: at 6 px the target is lost after its prompt frame
+
+
 def as_source(video) -> VideoSource:
-    return video if isinstance(video, VideoSource) else VideoSource(video, prefetch=0)
+    """A VideoSource for a path, folder, array or VideoSource; frames smaller than MIN_SIDE are refused."""
+    source = video if isinstance(video, VideoSource) else VideoSource(video, prefetch=0)
+    if min(source.height, source.width) < MIN_SIDE:
+        raise ValueError(f"video {source.name}: {source.width}x{source.height} frames are too small to segment "
+                         f"(each side must be at least {MIN_SIDE} pixels)")
+    return source
 
 
 # ---------------------------------------------------------------------- prompts -> masks
@@ -522,12 +530,12 @@ def segment(model: UniVSModel, video, task: str = "instance", vocabulary: Sequen
     """Category-guided segmentation (VIS "instance", VSS "semantic", VPS "panoptic") of a video."""
     if task not in ("instance", "semantic", "panoptic"):
         raise ValueError(f"task must be instance, semantic or panoptic, not {task!r}")
+    source = as_source(video)
     names, embeddings, things = resolve_vocabulary(model, vocabulary)
     if task == "instance" and not all(things) and any(things):
         keep = [i for i, t in enumerate(things) if t]  # instances are things; stuff has no instances
         names, embeddings, things = [names[i] for i in keep], embeddings[keep], [True] * len(keep)
     from .inference import entity
-    source = as_source(video)
     stop = source.num_frames if stop is None else stop
     preset = get_preset({"instance": "vis", "semantic": "vss", "panoptic": "vps"}[task], model.cfg.name)
     feeder = FrameFeeder(source, model, preset, range(start, stop))
