@@ -5,7 +5,6 @@ engine (``univs_engine.api``). Only this module imports ComfyUI.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any
@@ -17,7 +16,7 @@ from typing_extensions import override
 import comfy.model_management as mm
 import comfy.utils
 import folder_paths
-from comfy_api.latest import ComfyExtension, io, ui
+from comfy_api.latest import ComfyExtension, io
 
 from . import convert, export, prompts as P, runtime, select as S
 

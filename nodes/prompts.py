@@ -7,7 +7,7 @@ and turns it into ``univs_engine.api.Prompt`` objects. No ComfyUI imports.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import numpy as np
 

@@ -225,6 +225,8 @@ def place_sample_video(source: str | os.PathLike, input_dir: str | os.PathLike) 
     The copy goes to a temporary name first and is linked into place, so a concurrent or interrupted start never
     leaves a half-written video under the final name.
     """
+    from univs_engine.io.writers import normal_mode
+
     dst = os.path.join(os.fspath(input_dir), SAMPLE_NAME)
     if os.path.lexists(dst):
         return dst
@@ -236,9 +238,7 @@ def place_sample_video(source: str | os.PathLike, input_dir: str | os.PathLike) 
     try:
         with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
             shutil.copyfileobj(src, out)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the user's other input files follow the umask
+        normal_mode(tmp)  # mkstemp makes 0600; the user's other input files follow the umask
         try:
             os.link(tmp, dst)  # fails if the name appeared meanwhile: nothing is overwritten
         except FileExistsError:

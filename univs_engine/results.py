@@ -406,6 +406,8 @@ class Tracks:
             "counts": counts,
             "segmented": np.packbits(self._segmented),
         }
+        from .io.writers import normal_mode  # noqa: PLC0415  (io imports this module)
+
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
@@ -413,9 +415,7 @@ class Tracks:
                 np.savez(fh, **arrays)
                 fh.flush()
                 os.fsync(fh.fileno())
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a results file gets the user's usual mode
+            normal_mode(tmp)  # mkstemp makes 0600; a results file gets the user's usual mode
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):

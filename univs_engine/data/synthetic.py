@@ -734,11 +734,11 @@ def generate_dataset(seed: int, n_videos: int, config: SyntheticConfig | None = 
 # ----------------------------------------------------------------------------------------------------
 def _atomic_target(path: Path, suffix: str) -> str:
     """A temporary file next to ``path`` (same file system, so os.replace is atomic), mode 0666 & ~umask."""
+    from ..io.writers import normal_mode  # noqa: PLC0415
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    normal_mode(tmp)
     return tmp
 
 
