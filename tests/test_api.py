@@ -6,9 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from univs_engine.api import Cancelled, Prompt, UniVSModel, segment, track
+from univs_engine.api import Cancelled, Prompt, RunOptions, UniVSModel, segment, track
 from univs_engine.config import get_config
-from univs_engine.inference.vos import ClipSettings, PromptedClipLoop
+from univs_engine.inference.core import ClipGeometry
+from univs_engine.inference.vos import PromptedClipLoop
+from univs_engine.presets import TaskSettings
 from univs_engine.io.video import VideoSource
 from univs_engine.modeling.univs import build_univs
 
@@ -44,9 +46,9 @@ def test_forward_from_a_middle_frame_covers_only_later_frames(model, video):
 
 
 def test_backward_and_both(model, video):
-    back = track(model, video, [Prompt(1, frame=4, mask=square(4))], direction="backward")
+    back = track(model, video, [Prompt(1, frame=4, mask=square(4))], RunOptions(direction="backward"))
     assert back.frames_with(1) == list(range(0, 5))
-    both = track(model, video, [Prompt(1, frame=4, mask=square(4))], direction="both")
+    both = track(model, video, [Prompt(1, frame=4, mask=square(4))], RunOptions(direction="both"))
     assert both.frames_with(1) == list(range(T))
 
 
@@ -68,9 +70,9 @@ def test_progress_and_cancel_keep_finished_frames(model, video):
 
 
 def test_loop_state_does_not_grow_with_length(model):
-    settings = ClipSettings(clip_len=3, prompt_tokens=8, memory_frames=2)
+    settings = TaskSettings(clip_len=3, prompt_tokens=8, memory_frames=2)
     n = 30
-    loop = PromptedClipLoop(model.net, settings, n, (64, 64), (64, 64))
+    loop = PromptedClipLoop(model.net, settings, ClipGeometry(n, (64, 64), (64, 64), (64, 64)))
     sizes = []
     loop.hooks["state"] = lambda state, call: sizes.append(
         (state.logits.shape[1], state.embds.shape[1], state.memory.tokens.shape[2]))
@@ -157,7 +159,7 @@ def test_frame_feeder_streams_backward_runs_without_seeking(model, monkeypatch):
     from pathlib import Path
 
     from univs_engine.api import FrameFeeder
-    from univs_engine.presets import get_preset
+    from univs_engine.presets import get_settings
 
     src = VideoSource(Path(__file__).resolve().parents[1] / "assets" / "sample.mp4")
     order = list(range(30, -1, -1))
@@ -165,7 +167,7 @@ def test_frame_feeder_streams_backward_runs_without_seeking(model, monkeypatch):
     seeks = []
     real = src.frame
     monkeypatch.setattr(src, "frame", lambda i: seeks.append(i) or real(i))
-    feeder = FrameFeeder(src, model, get_preset("vos", model.cfg.name), order)
+    feeder = FrameFeeder(src, model, get_settings("vos", model.cfg.name), order)
     assert np.array_equal(feeder._frame_at(25), expected[25]) and seeks == [order[25]]
     for k in range(len(order)):
         assert np.array_equal(feeder._frame_at(k), expected[k])

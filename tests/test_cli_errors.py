@@ -275,7 +275,7 @@ def test_errors_after_the_model_loads_start_on_their_own_line(capsys, tmp_path, 
     """They were printed on the progress bar's line."""
     import univs_engine.api as api
 
-    def track(model, video, prompts, direction, start, stop, progress, cancel, preset):
+    def track(model, video, prompts, options, progress, cancel):
         progress(1, 10)
         raise ValueError("something the model refused")
 

@@ -10,19 +10,35 @@ import torch
 import torch.nn.functional as F
 
 from univs_engine.config import get_config
-from univs_engine.inference.entity import (
-    EntityClipLoop, EntitySettings, PanopticMemory, SemanticClipLoop, bisoftmax_match, bisoftmax_similarity,
-    box_nms_keep, compose_panoptic, mask_nms_keep, max_overlap, run_category_task, semantic_segmentation,
-    video_box_iou)
-from univs_engine.inference.vos import mask_quality, temporal_consistency
+from univs_engine.inference.category import Vocabulary, run_category_task
+from univs_engine.inference.core import (Cancelled, ClipGeometry, TensorFrames, mask_quality, semantic_map,
+                                         temporal_consistency)
+from univs_engine.inference.entity import EntityClipLoop
+from univs_engine.inference.matching import (bisoftmax_match, bisoftmax_similarity, box_nms_keep, mask_nms_keep,
+                                             max_overlap, video_box_iou)
+from univs_engine.inference.panoptic import PanopticMemory, compose_panoptic
+from univs_engine.inference.semantic import SemanticClipLoop
 from univs_engine.modeling.position_encoding import frame_phase
 from univs_engine.modeling.prompt_encoder import mask_box, sample_mask_prompts
-from univs_engine.presets import get_preset
+from univs_engine.presets import TaskSettings, get_settings
 from univs_engine.results import Tracks
 
 K = 6
 THINGS = [True, True, True, False, False, False]
 HW, IMG = (64, 64), (60, 56)
+
+
+def settings(task: str, **kw) -> TaskSettings:
+    """The official R50 settings of a task with some fields replaced."""
+    return replace(get_settings(task), **kw)
+
+
+def geometry(L: int, out_size=None) -> ClipGeometry:
+    return ClipGeometry(L, IMG, HW, tuple(out_size or IMG))
+
+
+def frames_of(vid, out_size=None, frame_ids=None) -> TensorFrames:
+    return TensorFrames(vid, IMG, out_size, frame_ids)
 
 
 class StubModel(torch.nn.Module):
@@ -105,20 +121,21 @@ def video(n):
 
 # ------------------------------------------------------------------------------------------ settings
 def test_official_r50_defaults():
-    vis = EntitySettings()
-    assert (vis.task, vis.clip_len, vis.stride, vis.memory_frames, vis.prompt_tokens) == ("instance", 5, 1, 5, 128)
+    vis = get_settings("instance")
+    assert (vis.clip_len, vis.stride, vis.memory_frames, vis.prompt_tokens) == (5, 1, 5, 128)
     assert (vis.box_nms, vis.new_object, vis.consistency, vis.stability, vis.overlap, vis.class_threshold,
             vis.topk) == (0.85, 0.1, 0.25, 0.25, 0.8, 0.25, 35)
     assert vis.out_window == 10 and vis.window == 5 and vis.consistency_slots == 5
-    vps = EntitySettings.for_task("panoptic")
+    vps = get_settings("panoptic")
     assert (vps.prompt_tokens, vps.box_nms, vps.new_object, vps.consistency, vps.overlap, vps.class_threshold,
             vps.topk) == (64, 0.75, 0.05, 0.05, 0.6, 0.15, 100)
-    assert EntitySettings.for_task("vis_ovis").class_threshold == 0.2
-    assert EntitySettings.for_task("semantic", clip_len=3).clip_len == 3
-    p = EntitySettings.from_preset("panoptic", get_preset("vps", "small"))
+    assert get_settings("vis_ovis").class_threshold == 0.2
+    p = get_settings("vps", "small")
     assert (p.clip_len, p.box_nms, p.class_threshold) == (3, 0.75, 0.15)
     with pytest.raises(ValueError):
-        EntitySettings(task="nope")
+        get_settings("nope")
+    with pytest.raises(ValueError, match="clip_len"):
+        TaskSettings(clip_len=0)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -228,15 +245,16 @@ def test_semantic_argmax_hand_case():
     probs = torch.tensor([[0.6, 0.0], [0.0, 0.9]])
     logits = torch.tensor([[3.0, 3.0, -3.0], [-3.0, 3.0, 0.5]]).view(2, 1, 1, 3)
     # quality: query 0 -> 1, query 1 -> 1/2; pixel 1: 0.6 s(3) > 0.45 s(3) although 0.9 > 0.6
-    assert semantic_segmentation(probs, logits).flatten().tolist() == [0, 0, 1]
+    labels = semantic_map(probs * mask_quality(logits)[:, None], [(slice(None), logits)])
+    assert labels.flatten().tolist() == [0, 0, 1]
 
 
 def test_semantic_loop_matches_dense_formula(model, emb):
     L, T = 7, 3
     vid = video(L)
-    s = EntitySettings.for_task("semantic", clip_len=T)
+    s = settings("semantic", clip_len=T)
     out_size = (30, 50)
-    loop = SemanticClipLoop(model, s, L, IMG, HW, emb, out_size, max_elements=3 * 30 * 50)  # 3-query chunks
+    loop = SemanticClipLoop(model, s, geometry(L, out_size), emb, max_elements=3 * 30 * 50)  # 3-query chunks
     outs = []
     loop.hooks["clip_output"] = lambda call, out: outs.append((call, out))
     got = list(loop.run(lambda a, b: vid[a:b]))
@@ -245,14 +263,14 @@ def test_semantic_loop_matches_dense_formula(model, emb):
     for call, out in outs:
         m = F.interpolate(out.pred_masks[:Ql], HW, mode="bilinear", align_corners=False)[..., :IMG[0], :IMG[1]]
         m = F.interpolate(m, out_size, mode="nearest")
-        labels = semantic_segmentation(out.pred_logits[:Ql].sigmoid(), m)
+        labels = semantic_map(out.pred_logits[:Ql].sigmoid() * mask_quality(m)[:, None], [(slice(None), m)])
         for t in range(m.shape[1]):
             assert torch.equal(got[call + t][1], labels[t])
     assert loop.max_frames_held <= 5
 
 
 # ------------------------------------------------------------------------------------------ literal official
-def literal_official(model, s: EntitySettings, L, image_size, padded, emb, things, gen, frames):
+def literal_official(model, task: str, s: TaskSettings, L, image_size, padded, emb, things, gen, frames):
     """Line-by-line bookkeeping of the official entity inference (§5.3): padded-resolution logits, every
     slot of the prompt pool and of the embeddings/probabilities kept, masks trimmed only at output windows.
     Returns the output windows as (start, ids, padded logits, occurrence, mean probs, quality)."""
@@ -318,7 +336,7 @@ def literal_official(model, s: EntitySettings, L, image_size, padded, emb, thing
             ok = sim > thr
             cur = pm[:, :, :image_size[0], :image_size[1]]
             q = mask_quality(cur)
-            if s.task == "instance":
+            if task == "instance":
                 sc = tg["probs"].mean(1).max(-1).values * sim * q
                 sg = cur.sigmoid().flatten(1)
                 ids = (sc[:, None] * sg).argmax(0)
@@ -340,7 +358,7 @@ def literal_official(model, s: EntitySettings, L, image_size, padded, emb, thing
         lp = lp * q[:, None]
         boxes = mask_box(lm > 0) / torch.tensor([w4, h4, w4, h4])
         first = tg is None
-        if s.task == "instance":
+        if task == "instance":
             keep = torch.arange(Ql)
             if s.stability > 0:
                 keep = keep[q > s.stability]
@@ -352,7 +370,7 @@ def literal_official(model, s: EntitySettings, L, image_size, padded, emb, thing
         else:
             cands, cls_thr = torch.arange(Ql), 2 * s.class_threshold
         if first:
-            if s.task == "instance":
+            if task == "instance":
                 new = cands[lp[cands].max(-1).values > max(s.class_threshold, 0.1)]
             else:
                 sc, lab = lp.max(-1)
@@ -375,7 +393,7 @@ def literal_official(model, s: EntitySettings, L, image_size, padded, emb, thing
             tg["probs"][r, -1] = 0.5 * (tg["probs"][r, -1] + lp[c])
             nb = (tg["embds"][r, -1] != 0).any(-1)
             tg["embds"][r, -1] = (tg["embds"][r, -1] + le[c].mean(1)) / (nb[:, None] + 1.0)
-            strong = sim > (2 if s.task == "instance" else 1) * s.new_object
+            strong = sim > (2 if task == "instance" else 1) * s.new_object
             r, c = rows[strong], cands[cols[strong]]
             mm = up(lm[c])
             tg["occ"][r, -n:] += mm.flatten(-2).gt(0).any(-1).float()
@@ -446,19 +464,19 @@ def test_bounded_loop_matches_literal_official(model, emb, task, class_threshold
     vid = video(L)
     kw = dict(clip_len=clip_len, stride=stride, prompt_tokens=8, memory_frames=2, stability=0.0,
               class_threshold=class_threshold, new_object=0.05, output_window=4)
-    s = EntitySettings.for_task(task, box_nms=1.01, **kw)
+    s = settings(task, box_nms=1.01, **kw)
     model = StubModel(AppearingObject(model.decoder), model.features)
-    loop = EntityClipLoop(model, s, L, IMG, HW, emb, THINGS, torch.Generator().manual_seed(3))
+    loop = EntityClipLoop(model, task, s, geometry(L), emb, THINGS, torch.Generator().manual_seed(3))
     log = {"new": [], "matched": 0, "dropped": 0}
     loop.hooks["new"] = lambda call, index: log["new"].append(len(index))
     loop.hooks["matched"] = lambda **kw: log.__setitem__("matched", log["matched"] + len(kw["rows"]))
     loop.hooks["tracked"] = lambda **kw: log.__setitem__("dropped", log["dropped"] + int((~kw["keep"]).sum()))
     ours = list(loop.run(lambda a, b: vid[a:b]))
-    ref = literal_official(model, s, L, IMG, HW, emb, THINGS, torch.Generator().manual_seed(3),
+    ref = literal_official(model, task, s, L, IMG, HW, emb, THINGS, torch.Generator().manual_seed(3),
                            lambda a, b: vid[a:b])
     assert len(ours) == len(ref) == (3 if clip_len == 1 else 2)  # W = 4: frames 0-3 at clip 6, ...
     if class_threshold > 0.5:  # the official rule: an empty first clip means nothing is ever detected
-        strict = EntityClipLoop(model, replace(s, detect_after_empty_start=False), 7, IMG, HW, emb, THINGS)
+        strict = EntityClipLoop(model, task, replace(s, detect_after_empty_start=False), geometry(7), emb, THINGS)
         assert [w.ids.numel() for w in strict.run(lambda a, b: vid[a:b])] == [0]
     if class_threshold < 0.5:  # detection at the first clip, matching, a new entity at frame 4
         assert log["new"][0] >= 2 and log["new"][4 // stride] == 1 and log["matched"] > 0, log
@@ -481,9 +499,9 @@ def test_bounded_loop_matches_literal_official(model, emb, task, class_threshold
 def test_state_stays_bounded(model, emb):
     L = 24
     vid = video(L)
-    s = EntitySettings.for_task("panoptic", clip_len=3, prompt_tokens=8, memory_frames=2, class_threshold=0.02,
+    s = settings("panoptic", clip_len=3, prompt_tokens=8, memory_frames=2, class_threshold=0.02,
                                 output_window=4)
-    loop = EntityClipLoop(model, s, L, IMG, HW, emb, THINGS)
+    loop = EntityClipLoop(model, "panoptic", s, geometry(L), emb, THINGS)
     held = []
     loop.hooks["window"] = lambda call, window: held.append(loop.frames_held)
     model.encoded.clear()
@@ -497,7 +515,7 @@ def test_state_stays_bounded(model, emb):
     assert st.embds.shape[1] == 3 and st.boxes.shape[1] <= 4
     assert sorted(model.encoded) == list(range(L))  # each frame encoded once
     # the official schedule: 10-frame windows, emitted at clips 15, 25, 35, ... (> memory, = memory mod 10)
-    official = EntitySettings()
+    official = get_settings("instance")
     assert [i for i in range(50) if official.is_output_clip(i)] == [15, 25, 35, 45]
     assert [i for i in range(20) if s.is_output_clip(i)] == [6, 10, 14, 18]
 
@@ -508,11 +526,10 @@ def test_run_category_task_fills_tracks(model, emb, task):
     L, out = 12, (45, 42)
     vid = video(L)
     names = [f"class{k}" for k in range(K)]
-    s = EntitySettings.for_task(task, clip_len=3, prompt_tokens=8, memory_frames=2, stability=0.0,
-                                class_threshold=0.02, output_window=4)
+    s = settings(task, clip_len=3, prompt_tokens=8, memory_frames=2, stability=0.0, class_threshold=0.02,
+                 output_window=4)
     seen = []
-    tracks = run_category_task(model, task, lambda a, b: vid[a:b], emb, names, THINGS, s, num_frames=L,
-                               image_size=IMG, padded_size=HW, out_size=out,
+    tracks = run_category_task(model, task, frames_of(vid, out), Vocabulary.of(emb, names, THINGS), s,
                                progress=lambda d, t: seen.append((d, t)))
     assert seen == [(d, L) for d in range(1, L + 1)]
     assert (tracks.num_frames, tracks.height, tracks.width) == (L, *out)
@@ -536,10 +553,9 @@ def test_run_category_task_fills_tracks(model, emb, task):
 def test_instance_ids_scores_and_frame_mapping(model, emb):
     L = 9
     vid = video(L)
-    s = EntitySettings.for_task("instance", clip_len=3, prompt_tokens=8, stability=0.0, class_threshold=0.02)
+    s = settings("instance", clip_len=3, prompt_tokens=8, stability=0.0, class_threshold=0.02)
     tracks = Tracks(20, *IMG)
-    run_category_task(model, "instance", lambda a, b: vid[a:b], emb, None, None, s, tracks=tracks, num_frames=L,
-                      image_size=IMG, padded_size=HW, frame_ids=list(range(10, 19)))
+    run_category_task(model, "instance", frames_of(vid, frame_ids=range(10, 19)), Vocabulary.of(emb), s, tracks)
     assert len(tracks) > 0
     for info in tracks.legend():
         assert info["first_frame"] >= 10 and info["last_frame"] <= 18
@@ -551,34 +567,25 @@ def test_cancel_stops_early(model, emb):
     vid = video(L)
     encoded = []
 
-    def frames(a, b):
-        encoded.append(b)
-        return vid[a:b]
+    class Frames(TensorFrames):
+        def __call__(self, a, b):
+            encoded.append(b)
+            return vid[a:b]
 
+    frames = Frames(vid, IMG)
     for task in ("instance", "semantic"):
         encoded.clear()
         done = []
-        s = EntitySettings.for_task(task, clip_len=3, prompt_tokens=8, memory_frames=2, stability=0.0,
-                                    class_threshold=0.02, output_window=4)
-
-        class Stop(Exception):
-            def __init__(self, tracks):
-                self.tracks = tracks
-
-        with pytest.raises(Stop) as err:
-            run_category_task(model, task, frames, emb, None, None, s, num_frames=L, image_size=IMG,
-                              padded_size=HW, out_size=IMG, progress=lambda d, t: done.append(d),
-                              cancel=lambda: len(done) >= 5, cancelled=Stop)
+        s = settings(task, clip_len=3, prompt_tokens=8, memory_frames=2, stability=0.0, class_threshold=0.02,
+                     output_window=4)
+        with pytest.raises(Cancelled) as err:
+            run_category_task(model, task, frames, Vocabulary.of(emb), s, progress=lambda d, t: done.append(d),
+                              cancel=lambda: len(done) >= 5)
         assert len(done) == 5 and max(encoded) < L  # stopped long before the end of the video
+        assert err.value.tracks.num_frames == L and err.value.tracks.segmented_frames() == list(range(5))
         assert all(err.value.tracks.objects_in(f) == [] for f in range(5, L))
-        # without `cancelled`, the partial result is returned
-        done.clear()
-        tr = run_category_task(model, task, frames, emb, None, None, s, num_frames=L, image_size=IMG,
-                               padded_size=HW, out_size=IMG, progress=lambda d, t: done.append(d),
-                               cancel=lambda: len(done) >= 5)
-        assert len(done) == 5 and tr.num_frames == L
     # a loop polled with cancel already set does no work at all
-    loop = EntityClipLoop(model, EntitySettings(clip_len=3), L, IMG, HW, emb)
+    loop = EntityClipLoop(model, "instance", settings("instance", clip_len=3), geometry(L), emb)
     encoded.clear()
     assert list(loop.run(frames, cancel=lambda: True)) == [] and encoded == []
 
@@ -590,9 +597,8 @@ def test_real_small_model_end_to_end(emb):
     torch.manual_seed(0)
     net = build_univs(get_config("small"))
     vid = torch.randn(5, 3, *HW, generator=torch.Generator().manual_seed(9))
-    s = EntitySettings.for_task("panoptic", clip_len=3, prompt_tokens=8, class_threshold=0.02)
-    tracks = run_category_task(net, "panoptic", lambda a, b: vid[a:b], emb, None, THINGS, s, num_frames=5,
-                               image_size=IMG, padded_size=HW, out_size=(30, 28))
+    s = settings("panoptic", clip_len=3, prompt_tokens=8, class_threshold=0.02)
+    tracks = run_category_task(net, "panoptic", frames_of(vid, (30, 28)), Vocabulary.of(emb, None, THINGS), s)
     assert tracks.num_frames == 5 and len(tracks) > 0
 
 
@@ -601,18 +607,15 @@ def test_preset_pe_variant_runs_as_a_model_configured_with_it(model, emb):
     setting must give exactly what a FixedT-configured model gives, and differ from ArbitraryT."""
     import copy
 
-    from univs_engine.presets import get_preset
-
-    assert EntitySettings.from_preset("instance", get_preset("vis", "swinl")).pe_variant == "FixedT"
-    assert EntitySettings.from_preset("instance", get_preset("vis", "swinb")).pe_variant == "ArbitraryT"
+    assert get_settings("vis", "swinl").pe_variant == "FixedT"
+    assert get_settings("vis", "swinb").pe_variant is None  # the model config's (ArbitraryT)
     L = 8
     vid = video(L)
 
     def run(m, **kw):
-        s = EntitySettings.for_task("instance", clip_len=3, prompt_tokens=8, memory_frames=2, stability=0.0,
-                                    class_threshold=0.02, **kw)
-        tr = run_category_task(m, "instance", lambda a, b: vid[a:b], emb, None, THINGS, s, num_frames=L,
-                               image_size=IMG, padded_size=HW, out_size=HW)
+        s = settings("instance", clip_len=3, prompt_tokens=8, memory_frames=2, stability=0.0,
+                     class_threshold=0.02, **kw)
+        tr = run_category_task(m, "instance", frames_of(vid, HW), Vocabulary.of(emb, None, THINGS), s)
         return {o: np.stack([tr.mask(f, o) for f in range(L)]) for o in tr.object_ids}
 
     fixed_model = copy.deepcopy(model)

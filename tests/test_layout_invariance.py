@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from univs_engine.config import get_config
-from univs_engine.inference.vos import ClipSettings, PromptedClipLoop, TextTargets
+from univs_engine.inference.core import ClipGeometry
+from univs_engine.inference.vos import PromptedClipLoop, TextTargets
+from univs_engine.presets import TaskSettings
 from univs_engine.modeling.mask_decoder import VideoMaskDecoder
 
 T = 2
@@ -107,8 +109,8 @@ class FakeModel(torch.nn.Module):
 
 
 def run_loop(dec, mask_features, maps, text):
-    loop = PromptedClipLoop(FakeModel(dec, mask_features, maps), ClipSettings(clip_len=T, prompt_tokens=8), T,
-                            FRAME, FRAME, generator=torch.Generator().manual_seed(0))
+    loop = PromptedClipLoop(FakeModel(dec, mask_features, maps), TaskSettings(clip_len=T, prompt_tokens=8),
+                            ClipGeometry(T, FRAME, FRAME, FRAME), generator=torch.Generator().manual_seed(0))
     frames = lambda a, b: torch.arange(a, b).float().view(-1, 1, 1, 1).expand(-1, 3, 4, 4)  # noqa: E731
     mask = torch.zeros(1, *FRAME)
     mask[:, 20:45, 15:50] = 1

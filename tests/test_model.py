@@ -12,7 +12,9 @@ from safetensors.torch import save_file
 from conftest import reference_r50, load_reference, reference_path
 from univs_engine.checkpoint import CheckpointError, convert_checkpoint, load_checkpoint
 from univs_engine.config import get_config
-from univs_engine.inference.vos import ClipSettings, PromptedClipLoop
+from univs_engine.inference.core import ClipGeometry
+from univs_engine.inference.vos import PromptedClipLoop
+from univs_engine.presets import TaskSettings
 from univs_engine.modeling.univs import build_univs
 
 MANIFESTS = {"r50": "univs_r50_stage3_keys.json", "swint": "univs_swint_stage3_keys.json",
@@ -51,8 +53,8 @@ def test_end_to_end_from_frames_matches_stage_g(r50, make_weights):
     e = load_reference("univs_r50_e_visual_prompt.safetensors")
     g = load_reference("univs_r50_g_vos_e2e.safetensors")
     emb = make_weights.make_tensor("clip_cls_text_emb", (3938, 640)).to(DEVICE)
-    loop = PromptedClipLoop(r50, ClipSettings(clip_len=2, prompt_tokens=32), 3, (256, 256), (256, 256),
-                            class_embeddings=emb)
+    loop = PromptedClipLoop(r50, TaskSettings(clip_len=2, prompt_tokens=32),
+                            ClipGeometry(3, (256, 256), (256, 256), (256, 256)), class_embeddings=emb)
     torch.manual_seed(0)
     mask = e["prompt_mask_frame0"].float()[None].to(DEVICE)
     out = list(loop.run(lambda a, b: frames[a:b], 1, {0: (torch.tensor([0]), mask)}))

@@ -13,7 +13,9 @@ import torch
 
 from conftest import REDUCED, load_reference
 from univs_engine.config import get_config
-from univs_engine.inference.vos import ClipSettings, PromptedClipLoop
+from univs_engine.inference.core import ClipGeometry
+from univs_engine.inference.vos import PromptedClipLoop
+from univs_engine.presets import TaskSettings
 from univs_engine.modeling.image_encoder import build_image_encoder
 from univs_engine.modeling.mask_decoder import VideoMaskDecoder
 from univs_engine.modeling.pixel_decoder import MSDeformAttnPixelDecoder
@@ -114,8 +116,8 @@ def test_learnable_queries_match_stage_d(ref, setup, features):
 
 
 def run_loop(model, emb, clip_len, mask):
-    loop = PromptedClipLoop(model, ClipSettings(clip_len=clip_len, prompt_tokens=32), 3, (256, 256), (256, 256),
-                            class_embeddings=emb)
+    loop = PromptedClipLoop(model, TaskSettings(clip_len=clip_len, prompt_tokens=32),
+                            ClipGeometry(3, (256, 256), (256, 256), (256, 256)), class_embeddings=emb)
     seen = {"tokens": [], "prompts": [], "out": []}
     loop.hooks["prompt_tokens"] = lambda **kw: seen["tokens"].append(kw["tokens"])
     loop.hooks["prompt_queries"] = lambda **kw: seen["prompts"].append(kw["prompts"])

@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import reference_r50, REDUCED, load_reference
-from univs_engine.inference.vos import ClipSettings, PromptedClipLoop
+from univs_engine.inference.core import ClipGeometry
+from univs_engine.inference.vos import PromptedClipLoop
+from univs_engine.presets import TaskSettings
 from univs_engine.io.video import preprocess_frames
 
 TOL = 1e-4
@@ -90,8 +92,8 @@ def run(h, r50, make_weights):
     assert size == (256, 256) and tuple(frames.shape) == (12, 3, 256, 256)  # no resize, no padding
     emb = make_weights.make_tensor("clip_cls_text_emb", (3938, 640)).to(DEVICE)
     draws = RecordedDraws(h)
-    loop = PromptedClipLoop(r50, ClipSettings(clip_len=2, stride=1, memory_frames=5, prompt_tokens=R), 12,
-                            (256, 256), (256, 256), class_embeddings=emb, draw=draws)
+    loop = PromptedClipLoop(r50, TaskSettings(clip_len=2, stride=1, memory_frames=5, prompt_tokens=R),
+                            ClipGeometry(12, (256, 256), (256, 256), (256, 256)), class_embeddings=emb, draw=draws)
     latest: dict[int, torch.Tensor] = {0: h["prompt_mask_frame0"].float()}  # frame -> logits after the last clip
     boxes: dict[int, torch.Tensor] = {}
     seen = []  # per prompt encoding: (clip, key frame, PromptTokens, the mask it encoded, draws made so far)

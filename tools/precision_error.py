@@ -18,9 +18,12 @@ REF = ROOT.parent / "shared" / "reference"
 
 
 def run(model, frames, mask, dtype, device):
-    from univs_engine.inference.vos import ClipSettings, PromptedClipLoop
+    from univs_engine.inference.core import ClipGeometry
+    from univs_engine.inference.vos import PromptedClipLoop
+    from univs_engine.presets import TaskSettings
 
-    loop = PromptedClipLoop(model, ClipSettings(clip_len=5, prompt_tokens=256), len(frames), (256, 256), (256, 256),
+    geometry = ClipGeometry(len(frames), (256, 256), (256, 256), (256, 256))
+    loop = PromptedClipLoop(model, TaskSettings(clip_len=5, prompt_tokens=256), geometry,
                             generator=torch.Generator().manual_seed(0))
     with torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
         out = [l.float() for _, l, _ in loop.run(lambda a, b: frames[a:b].to(device), 1,

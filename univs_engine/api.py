@@ -10,6 +10,7 @@ does not grow with video length beyond the stored masks.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pickle
 from dataclasses import dataclass, field, replace
@@ -23,22 +24,20 @@ import torch.nn.functional as F
 from .checkpoint import (CheckpointError, check_finite, describe_load_failure, load_checkpoint, load_weights,
                          read_state_dict)
 from .config import UniVSConfig
-from .inference.vos import ClipSettings, PromptedClipLoop, TextTargets, mask_quality
+from .inference import core
+from .inference.core import Cancelled, ClipGeometry
+from .inference.vos import PromptedClipLoop, StuffHelp, TextTargets
 from .io.video import VideoSource, preprocess_frames
 from .modeling.univs import UniVS
-from .presets import TaskPreset, get_preset
+from .presets import TaskSettings, get_settings
 from .results import Tracks
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 SMALL_MODEL_NAMES = ("small", "univs_small")
+log = logging.getLogger("univs")
 
-
-class Cancelled(RuntimeError):
-    """Raised when the caller's cancel() returned True; `.tracks` holds the frames finished so far."""
-
-    def __init__(self, tracks: Tracks):
-        super().__init__("cancelled by the user")
-        self.tracks = tracks
+__all__ = ["Cancelled", "Prompt", "RunOptions", "UniVSModel", "correct", "load_model", "resolve_vocabulary",
+           "segment", "track"]
 
 
 @dataclass
@@ -95,8 +94,7 @@ class UniVSModel:
 
     def autocast(self):
         """The precision context for a run (a no-op in fp32)."""
-        enabled = self.precision != torch.float32
-        return torch.autocast(self.device.type, dtype=self.precision, enabled=enabled)
+        return core.autocast(self.device, self.precision)
 
 
 def small_model_path() -> Path:
@@ -216,8 +214,8 @@ class FrameFeeder:
     (resize shortest edge, normalise, pad). Indices given to frames() are positions in the run, which
     may be reversed for backward propagation."""
 
-    def __init__(self, source: VideoSource, model: UniVSModel, preset: TaskPreset, order: Sequence[int]):
-        self.source, self.model, self.preset, self.order = source, model, preset, list(order)
+    def __init__(self, source: VideoSource, model: UniVSModel, settings: TaskSettings, order: Sequence[int]):
+        self.source, self.model, self.settings, self.order = source, model, settings, list(order)
         # A run visits consecutive frames (forwards or backwards): one decoding stream serves them, where
         # random access would seek per frame (a backward pass over a file would decode each GOP again).
         self._step = self.order[1] - self.order[0] if len(self.order) > 1 else 1
@@ -226,8 +224,21 @@ class FrameFeeder:
         self._stream: Iterator | None = None
         self._next = 0                       # run position the stream yields next
         self._recent: dict[int, np.ndarray] = {}
-        x, self.image_size = self._prep(self._frame_at(0)[None])
-        self.padded_size = tuple(x.shape[-2:])
+        x, image_size = self._prep(self._frame_at(0)[None])
+        self.geometry = ClipGeometry(len(self.order), tuple(image_size), tuple(x.shape[-2:]),
+                                     (source.height, source.width))
+
+    @property
+    def frame_ids(self) -> list[int]:
+        return self.order
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.geometry.image_size
+
+    @property
+    def padded_size(self) -> tuple[int, int]:
+        return self.geometry.padded_size
 
     def _frame_at(self, k: int) -> np.ndarray:
         """Frame at run position k: from the stream when k is at or just ahead of it, else random access
@@ -251,7 +262,7 @@ class FrameFeeder:
         self._stream, self._recent = None, {}
 
     def _prep(self, frames: np.ndarray):
-        p, cfg = self.preset, self.model.cfg
+        p, cfg = self.settings, self.model.cfg
         x, size = preprocess_frames(frames, p.min_size, p.max_size, cfg.size_divisibility, p.square,
                                     cfg.pixel_mean, cfg.pixel_std)
         return x.to(self.model.device), size
@@ -271,10 +282,7 @@ class FrameFeeder:
 
     def to_original(self, logits: torch.Tensor) -> torch.Tensor:
         """[N, Hp, Wp] logits -> [N, H, W] logits at the source resolution."""
-        h, w = self.image_size
-        x = logits[:, None, :h, :w].float()
-        return F.interpolate(x, size=(self.source.height, self.source.width), mode="bilinear",
-                             align_corners=False)[:, 0]
+        return core.to_output(logits, self.geometry)
 
 
 MIN_SIDE = 12  # measured on the sample clip scaled down: at 6 px the target is lost after its prompt frame
@@ -358,7 +366,7 @@ def refine_prompt(model: UniVSModel, feeder: FrameFeeder, position: int, region:
     levels = net.decoder.embed_levels(multi, idx)
     feat, pos, _ = levels.prompt_level
     z = frame_phase(idx, 1, net.cfg.pe_variant, net.cfg.num_frames_pe)
-    enc = sample_mask_prompts(feat[0], pos[0], region[None], feeder.preset.prompt_tokens, z[0],
+    enc = sample_mask_prompts(feat[0], pos[0], region[None], feeder.settings.prompt_tokens, z[0],
                               generator=torch.Generator().manual_seed(0))
     t = enc.tokens[:, :, None]
     prompts = net.decoder.visual_prompt_queries(t, enc.pe[:, :, None], enc.tokens, enc.pe)
@@ -372,6 +380,39 @@ def refine_prompt(model: UniVSModel, feeder: FrameFeeder, position: int, region:
     return refined.float() if refined.sum() >= 4 else region
 
 
+# ---------------------------------------------------------------------- run options
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run covers the video, for `track`, `correct` and `segment`.
+
+    start/stop: frames [start, stop) (stop None = the end). direction (prompt-guided only): "forward" from
+    each target's first prompt, "backward" towards `start`, or "both". settings: a task name of
+    univs_engine.presets (official settings for the model's backbone), "auto" (track: refvos when every
+    prompt is text, else vos; segment: the task's own) or a TaskSettings, e.g.
+    dataclasses.replace(get_settings("vos", "r50"), clip_len=3) to override one knob. seed: prompt-cell draws."""
+
+    start: int = 0
+    stop: int | None = None
+    direction: str = "forward"
+    settings: str | TaskSettings = "auto"
+    seed: int = 0
+
+    def frame_range(self, num_frames: int) -> tuple[int, int]:
+        """[start, stop) checked against a video of num_frames frames."""
+        stop = num_frames if self.stop is None else self.stop
+        if not (0 <= self.start < stop <= num_frames):
+            raise ValueError(f"frame range [{self.start}, {stop}) is outside the video's {num_frames} frames")
+        if self.direction not in ("forward", "backward", "both"):
+            raise ValueError(f"direction must be forward, backward or both, not {self.direction!r}")
+        return self.start, stop
+
+    def task_settings(self, task: str, model: UniVSModel) -> TaskSettings:
+        """The settings object: a TaskSettings as given, else the named (or the task's) preset."""
+        if isinstance(self.settings, TaskSettings):
+            return self.settings
+        return get_settings(task if self.settings == "auto" else self.settings, model.cfg.name)
+
+
 # ---------------------------------------------------------------------- prompt-guided
 def auto_preset(prompts: Sequence[Prompt]) -> str:
     """The task preset for a set of prompts: refvos (the official referring settings) when every prompt is
@@ -379,57 +420,52 @@ def auto_preset(prompts: Sequence[Prompt]) -> str:
     return "refvos" if prompts and all(p.text is not None for p in prompts) else "vos"
 
 
-def track(model: UniVSModel, video, prompts: Sequence[Prompt], direction: str = "forward", start: int = 0,
-          stop: int | None = None, progress: Callable[[int, int], None] | None = None,
-          cancel: Callable[[], bool] | None = None, preset: str | TaskPreset = "auto", seed: int = 0,
-          into: Tracks | None = None) -> Tracks:
-    """Segment the prompted targets through frames [start, stop) (VOS / PVOS / RefVOS).
-
-    into: existing Tracks of this video to write into (frames this run covers are replaced).
-
-    preset: a task name of univs_engine.presets (official settings for the model's backbone), "auto"
-    (refvos when every prompt is text, else vos) or a TaskPreset, e.g.
-    dataclasses.replace(get_preset("vos", "r50"), clip_len=3) to override one knob.
-
-    direction: "forward" from each target's first prompt, "backward" towards `start`, or "both"."""
-    source = as_source(video)
-    stop = source.num_frames if stop is None else stop
+def _check_prompts(prompts: Sequence[Prompt], start: int, stop: int) -> None:
     if not prompts:
         raise ValueError("no prompt given: add at least one target (points, box, mask, scribble or text)")
-    if not (0 <= start < stop <= source.num_frames):
-        raise ValueError(f"frame range [{start}, {stop}) is outside the video's {source.num_frames} frames")
     for p in prompts:
         if not (start <= p.frame < stop):
             raise ValueError(f"object {p.obj_id}: prompt frame {p.frame} is outside the frame range [{start}, {stop})")
         if p.text is not None and not p.text.strip():
             raise ValueError(f"object {p.obj_id}: the text expression is empty")
-    if direction not in ("forward", "backward", "both"):
-        raise ValueError(f"direction must be forward, backward or both, not {direction!r}")
+
+
+def _passes(prompts: Sequence[Prompt], direction: str, start: int, stop: int) -> list[list[int]]:
+    """The frame orders to run: forward from the first prompt, backward from the last one, or both."""
+    runs = []
+    if direction in ("forward", "both"):
+        runs.append(list(range(min(p.frame for p in prompts), stop)))
+    if direction in ("backward", "both"):
+        runs.append(list(range(max(p.frame for p in prompts), start - 1, -1)))
+    return runs
+
+
+def track(model: UniVSModel, video, prompts: Sequence[Prompt], options: RunOptions | None = None, *,
+          progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
+          into: Tracks | None = None) -> Tracks:
+    """Segment the prompted targets through the video (VOS / PVOS / RefVOS); see RunOptions.
+
+    into: existing Tracks of this video to write into (frames this run covers are replaced). When cancel()
+    returns True, Cancelled is raised with the frames finished so far."""
+    options = options or RunOptions()
+    source = as_source(video)
+    start, stop = options.frame_range(source.num_frames)
+    _check_prompts(prompts, start, stop)
     tracks = into if into is not None else Tracks(source.num_frames, source.height, source.width)
     tracks.fps = tracks.fps or source.fps
     for p in prompts:
         if p.obj_id not in tracks.object_ids:
             tracks.add_object(p.obj_id, label=p.label or (p.text or ""))
-    if preset == "auto":
-        preset = auto_preset(prompts)
-    settings = preset if isinstance(preset, TaskPreset) else get_preset(preset, model.cfg.name)
-    first = min(p.frame for p in prompts)
-    last = max(p.frame for p in prompts)
-    runs = []
-    if direction in ("forward", "both"):
-        runs.append(list(range(first, stop)))
-    if direction in ("backward", "both"):
-        runs.append(list(range(last, start - 1, -1)))
-    total = sum(len(r) for r in runs)
-    done = 0
-    written: set[int] = set()
+    settings = options.task_settings(auto_preset(prompts), model)
+    runs = _passes(prompts, options.direction, start, stop)
+    total, done, written = sum(len(r) for r in runs), 0, set()
     for order in runs:
         backward = order[0] > order[-1]
-        for frame, logits, ids in _run_prompted(model, source, prompts, order, settings, seed, cancel, tracks):
+        for frame, logits, ids in _run_prompted(model, source, prompts, order, settings, options.seed):
+            if cancel is not None and cancel():
+                raise Cancelled(tracks)
             if not (backward and frame in written):  # in "both", the forward pass owns shared frames
-                for k, obj in enumerate(ids):
-                    tracks.set_mask(frame, obj, (logits[k] > 0).cpu().numpy(),
-                                    confidence=float(mask_quality(logits[k:k + 1])[0]))
+                _write_frame(tracks, frame, logits, ids)
                 written.add(frame)
             done += 1
             if progress:
@@ -437,13 +473,21 @@ def track(model: UniVSModel, video, prompts: Sequence[Prompt], direction: str = 
     return tracks
 
 
-def correct(model: UniVSModel, video, tracks: Tracks, prompts: Sequence[Prompt], stop: int | None = None,
-            progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
-            preset: str | TaskPreset = "auto", seed: int = 0) -> Tracks:
+def _write_frame(tracks: Tracks, frame: int, logits: torch.Tensor, ids: list[int]) -> None:
+    """One frame's logits [N, H, W] at the source size -> masks and confidences of objects `ids`."""
+    masks = (logits > 0).cpu().numpy()
+    quality = core.mask_quality(logits).tolist()
+    for k, obj in enumerate(ids):
+        tracks.set_mask(frame, obj, masks[k], confidence=quality[k])
+
+
+def correct(model: UniVSModel, video, tracks: Tracks, prompts: Sequence[Prompt], options: RunOptions | None = None,
+            *, progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None) -> Tracks:
     """Add or correct targets from frame f = the earliest new prompt, without re-running frames before f.
 
     Every target already in `tracks` restarts from its own mask on frame f (or on its first later frame),
-    the new prompts are applied on their frames, and frames >= f are replaced in `tracks` (in place)."""
+    the new prompts are applied on their frames, and frames >= f are replaced in `tracks` (in place).
+    options.start and direction are set by the prompts (forward from f)."""
     if not prompts:
         raise ValueError("no prompt given: add at least one target (points, box, mask, scribble or text)")
     f = min(p.frame for p in prompts)
@@ -453,99 +497,112 @@ def correct(model: UniVSModel, video, tracks: Tracks, prompts: Sequence[Prompt],
         later = [t for t in tracks.frames_with(obj) if t >= f]
         if later and (obj, later[0]) not in given:
             carried.append(Prompt(obj, later[0], tracks.info(obj).label, mask=tracks.mask(later[0], obj)))
-    return track(model, video, carried + list(prompts), "forward", f, stop, progress, cancel, preset, seed,
-                 into=tracks)
+    options = replace(options or RunOptions(), start=f, direction="forward")
+    return track(model, video, carried + list(prompts), options, progress=progress, cancel=cancel, into=tracks)
 
 
-def _stuff_help(model: UniVSModel, ids: list[int], labels: dict[int, str]):
+def _stuff_help(model: UniVSModel, ids: list[int], labels: dict[int, str]) -> StuffHelp | None:
     """PVOS: targets whose label names a stuff class of the model's vocabulary (or VIPSeg's, for the
-    official models) get that class's pixels of the semantic map; None when no vocabulary is at hand."""
-    from .inference.vos import StuffHelp
-
+    official models) get that class's pixels of the semantic map. Without a vocabulary the targets run as
+    in VOS, and a warning says why."""
     try:
         names, emb, things = resolve_vocabulary(model, None if model.vocabulary else "vipseg")
-    except (ValueError, KeyError):
+    except ValueError as e:
+        log.warning("PVOS: stuff targets run without the semantic map (no vocabulary to name stuff classes: %s)", e)
         return None
     stuff = {n.lower(): k for k, (n, t) in enumerate(zip(names, things)) if not t}
     cls = torch.tensor([stuff.get(labels.get(i, "").strip().lower(), -1) for i in ids])
     return StuffHelp(emb.to(model.device), cls) if (cls >= 0).any() else None
 
 
-def _run_prompted(model, source, prompts, order, preset: TaskPreset, seed, cancel, tracks):
-    """One pass over `order` (frame indices). Visual and text targets run as separate clip loops."""
-    feeder = FrameFeeder(source, model, preset, order)
+@dataclass
+class _PromptJob:
+    """One clip loop of a pass: its targets' object ids, settings and inputs (visual annotations or text)."""
+
+    ids: list[int]
+    settings: TaskSettings
+    annotations: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+    text: TextTargets | None = None
+    stuff: StuffHelp | None = None
+
+
+def _run_prompted(model, source, prompts, order, settings: TaskSettings, seed: int):
+    """One pass over `order` (frame indices) -> (frame, logits [N, H, W] at the source size, object ids).
+    Visual and text targets run as separate clip loops."""
+    feeder = FrameFeeder(source, model, settings, order)
     try:
-        yield from _run_loops(model, source, prompts, order, preset, seed, cancel, tracks, feeder)
+        position = {f: k for k, f in enumerate(order)}
+        settings = replace(settings, clip_len=min(settings.clip_len, len(order)))
+        visual = [p for p in prompts if p.frame in position and p.text is None]
+        text = [p for p in prompts if p.frame in position and p.text is not None]
+        jobs = ([_visual_job(model, feeder, visual, position, settings)] if visual else []) + \
+               ([_text_job(model, text, settings)] if text else [])
+        gen = torch.Generator().manual_seed(seed)
+        for job in jobs:
+            loop = PromptedClipLoop(model.net, job.settings, feeder.geometry, generator=gen)
+            with model.autocast():
+                for k, logits, _ in loop.run(feeder, len(job.ids), job.annotations, job.text, job.stuff):
+                    yield order[k], feeder.to_original(logits), job.ids
     finally:
         feeder.close()
 
 
-def _run_loops(model, source, prompts, order, preset: TaskPreset, seed, cancel, tracks, feeder: FrameFeeder):
-    position = {f: k for k, f in enumerate(order)}
-    visual = [p for p in prompts if p.frame in position and p.text is None]
-    text = [p for p in prompts if p.frame in position and p.text is not None]
-    gen = torch.Generator().manual_seed(seed)
-    settings = ClipSettings(clip_len=min(preset.clip_len, len(order)), memory_frames=preset.memory_frames,
-                            prompt_tokens=preset.prompt_tokens, self_attn_mask=preset.self_attn_mask)
-    loops = []
-    if visual:
-        ids = sorted({p.obj_id for p in visual})
-        ann: dict[int, tuple[list[int], list[torch.Tensor]]] = {}
-        for p in sorted(visual, key=lambda p: p.frame):
-            region = feeder.to_padded(prompt_to_mask(p, source.height, source.width))
-            if p.mask is None:  # clicks, boxes, scribbles: let the model draw the mask first
-                region = refine_prompt(model, feeder, position[p.frame], region)
-            k = position[p.frame]
-            ann.setdefault(k, ([], []))
-            ann[k][0].append(ids.index(p.obj_id))
-            ann[k][1].append(region)
-        annotations = {k: (torch.tensor(i), torch.stack(m)) for k, (i, m) in ann.items()}
-        kw = dict(annotations=annotations)
-        if preset.stuff_from_semantics:
-            kw["stuff"] = _stuff_help(model, ids, {p.obj_id: p.label for p in visual})
-        loops.append((ids, kw))
-    if text:
-        if model.text is None:
-            raise ValueError("text prompts need the CLIP text-encoder file: pass text_encoder= to load_model "
-                             "(official: regionclip_pretrained-cc_rn50x4_only_lang_encoder.pth)")
-        ids = [p.obj_id for p in text]
-        sentence, words = model.text.encode_expressions([p.text for p in text])
-        targets = TextTargets(sentence.to(model.device), words.to(model.device))
-        text_settings = replace(settings, self_attn_mask="sep-blocked")
-        loops.append((ids, dict(text=targets, settings=text_settings)))
-    for ids, kw in loops:
-        loop = PromptedClipLoop(model.net, kw.pop("settings", settings), len(order), feeder.image_size,
-                                feeder.padded_size, generator=gen)
-        with model.autocast():
-            for k, logits, _ in loop.run(feeder, len(ids), **kw):
-                if cancel is not None and cancel():
-                    raise Cancelled(tracks)
-                yield order[k], feeder.to_original(logits), ids
+def _visual_job(model, feeder: FrameFeeder, visual: list[Prompt], position: dict[int, int],
+                settings: TaskSettings) -> _PromptJob:
+    """Masks, boxes, clicks and scribbles -> annotation masks at the model's resolution, per run position."""
+    ids = sorted({p.obj_id for p in visual})
+    ann: dict[int, tuple[list[int], list[torch.Tensor]]] = {}
+    for p in sorted(visual, key=lambda p: p.frame):
+        k = position[p.frame]
+        region = feeder.to_padded(prompt_to_mask(p, feeder.source.height, feeder.source.width))
+        if p.mask is None:  # clicks, boxes, scribbles: let the model draw the mask first
+            region = refine_prompt(model, feeder, k, region)
+        ann.setdefault(k, ([], []))
+        ann[k][0].append(ids.index(p.obj_id))
+        ann[k][1].append(region)
+    annotations = {k: (torch.tensor(i), torch.stack(m)) for k, (i, m) in ann.items()}
+    stuff = _stuff_help(model, ids, {p.obj_id: p.label for p in visual}) if settings.stuff_from_semantics else None
+    return _PromptJob(ids, settings, annotations=annotations, stuff=stuff)
+
+
+def _text_job(model, text: list[Prompt], settings: TaskSettings) -> _PromptJob:
+    if model.text is None:
+        raise ValueError("text prompts need the CLIP text-encoder file: pass text_encoder= to load_model "
+                         "(official: regionclip_pretrained-cc_rn50x4_only_lang_encoder.pth)")
+    sentence, words = model.text.encode_expressions([p.text for p in text])
+    targets = TextTargets(sentence.to(model.device), words.to(model.device))
+    return _PromptJob([p.obj_id for p in text], replace(settings, self_attn_mask="sep-blocked"), text=targets)
 
 
 # ---------------------------------------------------------------------- category-guided
 def segment(model: UniVSModel, video, task: str = "instance", vocabulary: Sequence[str] | str | None = None,
-            progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
-            start: int = 0, stop: int | None = None) -> Tracks:
-    """Category-guided segmentation (VIS "instance", VSS "semantic", VPS "panoptic") of a video."""
+            options: RunOptions | None = None, *, progress: Callable[[int, int], None] | None = None,
+            cancel: Callable[[], bool] | None = None) -> Tracks:
+    """Category-guided segmentation (VIS "instance", VSS "semantic", VPS "panoptic") of frames
+    [options.start, options.stop); see RunOptions."""
+    from .inference.category import Vocabulary, canonical_task, run_category_task
+
     if task not in ("instance", "semantic", "panoptic"):
         raise ValueError(f"task must be instance, semantic or panoptic, not {task!r}")
+    options = options or RunOptions()
+    if options.direction != "forward":
+        raise ValueError(f"direction {options.direction!r}: category-guided tasks run forward only")
     source = as_source(video)
+    start, stop = options.frame_range(source.num_frames)
     names, embeddings, things = resolve_vocabulary(model, vocabulary)
     if task == "instance" and not all(things) and any(things):
         keep = [i for i, t in enumerate(things) if t]  # instances are things; stuff has no instances
         names, embeddings, things = [names[i] for i in keep], embeddings[keep], [True] * len(keep)
-    from .inference import entity
-    stop = source.num_frames if stop is None else stop
-    preset = get_preset({"instance": "vis", "semantic": "vss", "panoptic": "vps"}[task], model.cfg.name)
-    feeder = FrameFeeder(source, model, preset, range(start, stop))
+    vocab = Vocabulary.of(embeddings.to(model.device), names, things)
+    settings = options.task_settings(canonical_task(task), model)
+    tracks = Tracks(source.num_frames, source.height, source.width)
+    tracks.fps = source.fps
+    feeder = FrameFeeder(source, model, settings, range(start, stop))
     try:
         with model.autocast():
-            tracks = entity.run_category_task(model.net, task, feeder, embeddings.to(model.device), names, things,
-                                              preset, progress=progress, cancel=cancel, cancelled=Cancelled)
+            run_category_task(model.net, task, feeder, vocab, settings, tracks, progress, cancel)
     finally:
         feeder.close()
-    tracks.fps = source.fps
     return tracks
 
 

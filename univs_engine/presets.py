@@ -1,41 +1,91 @@
-"""Official per-task test settings (the released launch scripts), as named presets.
+"""Test-time settings of every task, and the official launch-script values of each backbone as presets.
 
-Each preset is a `TaskPreset`; override fields with `dataclasses.replace`. Values: univs_facts §1.4.
+One type, `TaskSettings`, is read by the prompt-guided loop (VOS, PVOS, RefVOS), the category-guided loops
+(VIS, VPS, VSS), the API, the CLI and the nodes. Override fields with `dataclasses.replace`. The R50 values
+are those of the released launch scripts (the field comments name the official config keys).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
-class TaskPreset:
+class TaskSettings:
+    # frames
     clip_len: int = 5              # T (INPUT.SAMPLING_FRAME_NUM)
+    stride: int = 1                # CLIP_STRIDE (semantic segmentation always steps by T)
     min_size: int = 640            # INPUT.MIN_SIZE_TEST
     max_size: int = 1333
     square: int | None = None      # pad to a square canvas (Swin stage-2)
-    prompt_tokens: int = 256       # R
-    memory_frames: int = 5
+    # prompt memory
+    prompt_tokens: int = 256       # R (VISUAL_PROMPT_PIXELS_PER_IMAGE)
+    memory_frames: int = 5         # NUM_PREV_FRAMES_MEMORY
     self_attn_mask: str = "sep"
-    pe_variant: str = "ArbitraryT"
-    nms: float = 0.85
-    new_object: float = 0.1
-    consistency: float = 0.25
-    stability: float = 0.25
-    overlap: float = 0.8
-    class_threshold: float = 0.25
-    topk: int = 35
+    pe_variant: str | None = None  # 3D position encoding; None = the model config's (ArbitraryT)
+    # prompt-guided tasks
+    vos_consistency: float = 0.5   # hard-coded in the official VOS driver
     stuff_from_semantics: bool = False  # PVOS: stuff targets take their class's pixels of the semantic map
+    # category-guided tasks
+    box_nms: float = 0.85          # BOX_NMS_THRESH
+    new_object: float = 0.1        # DETECT_NEWLY_OBJECT_THRESHOLD
+    consistency: float = 0.25      # TEMPORAL_CONSISTENCY_THRESHOLD
+    stability: float = 0.25        # STABILITY_SCORE_THRESH (instance only)
+    overlap: float = 0.8           # OVERLAP_THRESHOLD (panoptic composition)
+    overlap_entity: float = 0.5    # OVERLAP_THRESHOLD_ENTITY (instance pixel competition)
+    class_threshold: float = 0.25  # APPLY_CLS_THRES
+    topk: int = 35                 # DETECTIONS_PER_IMAGE (per clip and per video)
+    frames_window: int = 5         # NUM_FRAMES_WINDOW (sets the output window)
+    detect_interval: int = 1       # DETECT_NEWLY_INTERVAL_FRAMES
+    output_window: int | None = None  # frames per output window; None = the official formula
+    # The official later-clip detection never adds an entity while none is tracked (its overlap test sees an
+    # empty tensor), so a video whose first clip finds nothing stays empty. True lifts that.
+    detect_after_empty_start: bool = True
+
+    def __post_init__(self):
+        for name in ("clip_len", "stride", "memory_frames", "detect_interval", "prompt_tokens", "min_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"settings: {name} must be >= 1, not {getattr(self, name)}")
+
+    @property
+    def window(self) -> int:
+        """Recent memory slots read by ProCA: max(memory_frames, T)."""
+        return max(self.memory_frames, self.clip_len)
+
+    @property
+    def step(self) -> int:
+        """Frames between clip starts: the stride, at most T."""
+        return min(self.stride, self.clip_len)
+
+    @property
+    def out_window(self) -> int:
+        """Frames per output window: (ceil(max(NUM_FRAMES_WINDOW, T) / 5) + 1) * 5 = 10 officially."""
+        if self.output_window is not None:
+            return max(1, int(self.output_window))
+        return (math.ceil(max(self.frames_window, self.clip_len) / 5) + 1) * 5
+
+    def is_output_clip(self, i: int) -> bool:
+        """Whether the clip starting at frame i emits the oldest output window: i > memory_frames and
+        i = memory_frames (mod window), the official rule for stride 1. Generalised so that the state stays
+        bounded where the official would never emit before the end: once per `window` frames for any
+        stride <= window, and also when memory_frames >= window."""
+        return i > self.memory_frames and (i - self.memory_frames) % self.out_window < self.step
+
+    @property
+    def consistency_slots(self) -> int:
+        """Embedding slots compared by the temporal-consistency check: max(mem // stride, 3)."""
+        return max(int(self.memory_frames / self.step), 3)
 
 
 R50 = {
-    "vis": TaskPreset(prompt_tokens=128),
-    "vis_ovis": TaskPreset(prompt_tokens=128, class_threshold=0.2, topk=50),
-    "vss": TaskPreset(prompt_tokens=128, class_threshold=0.05, topk=50),
-    "vps": TaskPreset(prompt_tokens=64, nms=0.75, new_object=0.05, consistency=0.05, overlap=0.6,
-                      class_threshold=0.15, topk=100),
-    "vos": TaskPreset(prompt_tokens=256),
-    "pvos": TaskPreset(prompt_tokens=256, stuff_from_semantics=True),
-    "refvos": TaskPreset(prompt_tokens=32, self_attn_mask="sep-blocked"),
+    "vis": TaskSettings(prompt_tokens=128),
+    "vis_ovis": TaskSettings(prompt_tokens=128, class_threshold=0.2, topk=50),
+    "vss": TaskSettings(prompt_tokens=128, class_threshold=0.05, topk=50),
+    "vps": TaskSettings(prompt_tokens=64, box_nms=0.75, new_object=0.05, consistency=0.05, overlap=0.6,
+                        class_threshold=0.15, topk=100),
+    "vos": TaskSettings(prompt_tokens=256),
+    "pvos": TaskSettings(prompt_tokens=256, stuff_from_semantics=True),
+    "refvos": TaskSettings(prompt_tokens=32, self_attn_mask="sep-blocked"),
 }
 
 SWIN_OVERRIDES = {  # Swin stage-3 scripts: memory 6 and top-k 50 for most tasks; FixedT for Swin-L VIS
@@ -51,10 +101,13 @@ SMALL["vis"] = replace(SMALL["vis"], class_threshold=0.05)
 SMALL["vis_ovis"] = replace(SMALL["vis_ovis"], class_threshold=0.05)
 
 TASKS = tuple(R50)
+CATEGORY_TASKS = {"instance": "vis", "semantic": "vss", "panoptic": "vps"}  # API task name -> preset
 
 
-def get_preset(task: str, model_name: str = "r50") -> TaskPreset:
-    """Settings for `task` (vis, vis_ovis, vss, vps, vos, pvos, refvos) and a model config name."""
+def get_settings(task: str, model_name: str = "r50") -> TaskSettings:
+    """Settings for `task` (vis, vis_ovis, vss, vps, vos, pvos, refvos, or instance / semantic / panoptic)
+    and a model config name (r50, swint, swinb, swinl, small)."""
+    task = CATEGORY_TASKS.get(task, task)
     if task not in R50:
         raise ValueError(f"unknown task preset {task!r}; choose one of {', '.join(TASKS)}")
     if model_name == "small":

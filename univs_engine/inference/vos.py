@@ -8,7 +8,7 @@ the clip starting at it has run, and is then handed to the caller and dropped fr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -16,27 +16,12 @@ import torch.nn.functional as F
 from ..modeling.mask_decoder import PromptQueries
 from ..modeling.position_encoding import frame_phase
 from ..modeling.prompt_encoder import PermutationDraw, mask_box, sample_mask_prompts
-from typing import TYPE_CHECKING
+from ..presets import TaskSettings
+from .core import ClipGeometry, FrameFeatures, chunks, mask_quality, memory_prompts, semantic_map, temporal_consistency
+from .memory import PromptMemory
 
 if TYPE_CHECKING:
     from ..modeling.univs import UniVS
-from .memory import PromptMemory
-
-
-@dataclass
-class ClipSettings:
-    """Per-task knobs of the official launch scripts (see univs_engine.presets)."""
-
-    clip_len: int = 5          # T
-    stride: int = 1            # s
-    memory_frames: int = 5     # NUM_PREV_FRAMES_MEMORY
-    prompt_tokens: int = 256   # R, VISUAL_PROMPT_PIXELS_PER_IMAGE
-    self_attn_mask: str = "sep"
-    consistency_threshold: float = 0.5  # hard-coded in the official VOS driver
-
-    @property
-    def window(self) -> int:
-        return max(self.memory_frames, self.clip_len)
 
 
 @dataclass
@@ -57,29 +42,10 @@ class TextTargets:
     words: torch.Tensor
 
 
-def mask_quality(logits: torch.Tensor) -> torch.Tensor:
-    """#(logit > 1) / #(logit > -1) per target over all frames and pixels. logits [N, ...] -> [N]."""
-    flat = logits.flatten(1)
-    return (flat > 1).sum(1) / (flat > -1).sum(1).clamp(min=1)
-
-
 def pair_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """IoU of binary masks paired along dim 0: [N, H, W] x [N, H, W] -> [N]."""
     a, b = a.flatten(1) > 0, b.flatten(1) > 0
     return (a & b).sum(1) / (a | b).sum(1).clamp(min=1)
-
-
-def temporal_consistency(prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of current embeddings [N, T, C] to recent ones [N, Tp, C], recent slots
-    weighted by exp(5 v / Tp) and blank slots ignored -> [N]."""
-    cur = cur / cur.norm(dim=-1, keepdim=True).clamp(min=1e-3)
-    prev = prev / prev.norm(dim=-1, keepdim=True).clamp(min=1e-3)
-    cos = torch.einsum("nvc,ntc->nvt", prev, cur).mean(-1)
-    Tp = prev.shape[1]
-    w = (torch.arange(1, Tp + 1, dtype=cos.dtype, device=cos.device) / Tp * 5.0).exp()
-    w = w * (prev != 0).any(-1).to(cos.dtype)
-    w = w / w.sum(-1, keepdim=True).clamp(min=1e-3)
-    return (cos * w).sum(-1)
 
 
 @dataclass
@@ -99,6 +65,23 @@ class TrackState:
         return (self.logits > 0).float()
 
 
+@dataclass
+class ClipPredictions:
+    """One clip's prompt-query predictions: masks [N, n, Hp, Wp] logits, boxes [N, n, 4] (normalised),
+    embds [N, n, C], quality [N]. PVOS stuff help: sem [n, Hp, Wp] class map and labels [N] (stuff class
+    of each target, -1 for others), else None."""
+
+    masks: torch.Tensor
+    boxes: torch.Tensor
+    embds: torch.Tensor
+    quality: torch.Tensor
+    sem: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+
+    def is_stuff(self, obj: int) -> bool:
+        return self.labels is not None and int(self.labels[obj]) >= 0
+
+
 class PromptedClipLoop:
     """Runs the clip loop for a fixed set of targets.
 
@@ -106,13 +89,12 @@ class PromptedClipLoop:
     index to (target indices, masks [k, Hp, Wp]) given at that frame (value 1 inside the mask).
     """
 
-    def __init__(self, model: "UniVS", settings: ClipSettings, num_frames: int, image_size: tuple[int, int],
-                 padded_size: tuple[int, int], generator: torch.Generator | None = None,
-                 class_embeddings: torch.Tensor | None = None, draw: PermutationDraw | None = None):
+    def __init__(self, model: "UniVS", settings: TaskSettings, geometry: ClipGeometry,
+                 generator: torch.Generator | None = None, class_embeddings: torch.Tensor | None = None,
+                 draw: PermutationDraw | None = None):
         """draw: replaces ``generator`` as the prompt sampler's source of random permutations
         (modeling.prompt_encoder.PermutationDraw), e.g. to replay recorded draws."""
-        self.model, self.s = model, settings
-        self.num_frames, self.image_size, self.padded_size = num_frames, image_size, padded_size
+        self.model, self.s, self.g = model, settings, geometry
         self.generator, self.draw = generator, draw
         self.class_embeddings = class_embeddings
         self.hooks: dict[str, Callable] = {}  # name -> fn(**tensors): lets tests observe internals
@@ -128,62 +110,52 @@ class PromptedClipLoop:
             text: TextTargets | None = None,
             stuff: StuffHelp | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """Yield (frame index, logits [N, Hp, Wp], embds [N, C]) for every frame in order."""
-        T, s, L = self.s.clip_len, min(self.s.stride, self.s.clip_len), self.num_frames
+        T, s, L = self.s.clip_len, self.s.step, self.g.num_frames
         annotations = annotations or {}
-        dev = self.model.pixel_mean.device
-        C = self.model.cfg.hidden_dim
-        Hp, Wp = self.padded_size
-        state = TrackState(torch.full((num_targets,), -1, dtype=torch.long, device=dev),
-                           torch.zeros(num_targets, 0, Hp, Wp, device=dev),
-                           torch.zeros(num_targets, 0, 4, device=dev), torch.zeros(num_targets, 0, C, device=dev))
-        if text is not None:
-            state.first_frames.zero_()
-        cache: dict[int, tuple] = {}
+        state = self._new_state(num_targets, text is not None)
+        features = FrameFeatures(self.model, frames, L, T)
         is_last = False
         for i in range(0, L, s):
             if is_last and i + T > L:
                 break
             is_last = i + T >= L
             n = min(T, L - i)
-            feats = self._features(frames, cache, i, n)
-            self._write_targets(state, i, n, s, annotations)
-            out = self._decode(state, feats, i, n, s, text, stuff)
+            feats = features.clip(i, n)
+            self._write_targets(state, i, n, annotations)
+            out = self._decode(state, feats, i, n, text, stuff)
             self._write_predictions(state, out, i, n, text is not None, stuff)
             self._hook("state", call=i, state=state)
             done = range(i, i + n) if is_last else range(i, i + min(s, n))
             for f in done:
                 j = f - state.end
                 yield f, state.logits[:, j], state.embds[:, j]
-            for f in [k for k in cache if k < i + s]:
-                del cache[f]
+            features.release(i + s)
 
     # ------------------------------------------------------------------ steps
-    def _features(self, frames, cache, i, n):
-        """Per-frame encoder outputs for frames [i, i+n), computed once per frame."""
-        todo = [f for f in range(i, i + n) if f not in cache]
-        if todo:
-            window_stop = min(max(todo[0] + max(5, self.s.clip_len), todo[-1] + 1), self.num_frames)
-            mask_feats, multi = self.model.encode_frames(frames(todo[0], window_stop))
-            for k, f in enumerate(range(todo[0], window_stop)):
-                cache[f] = (mask_feats[k], [m[k] for m in multi])
-        clip = [cache[f] for f in range(i, i + n)]
-        return torch.stack([c[0] for c in clip]), [torch.stack([c[1][l] for c in clip]) for l in range(3)]
+    def _new_state(self, num_targets: int, is_text: bool) -> TrackState:
+        dev = self.model.pixel_mean.device
+        N, C, (Hp, Wp) = num_targets, self.model.cfg.hidden_dim, self.g.padded_size
+        state = TrackState(torch.full((N,), -1, dtype=torch.long, device=dev), torch.zeros(N, 0, Hp, Wp, device=dev),
+                           torch.zeros(N, 0, 4, device=dev), torch.zeros(N, 0, C, device=dev))
+        if is_text:  # every expression is a target from the first frame
+            state.first_frames.zero_()
+        return state
 
-    def _write_targets(self, st: TrackState, i, n, s, annotations):
+    def _write_targets(self, st: TrackState, i, n, annotations):
         """Open state for the clip's new frames and write annotated masks (value 1)."""
-        new = n if i == 0 else min(s, self.num_frames - i)
+        new = n if i == 0 else min(self.s.step, self.g.num_frames - i)
         N = st.first_frames.shape[0]
         keep = self.s.window
         if st.embds.shape[1]:
             pad_embds = st.embds[:, -new:].mean(1, keepdim=True).expand(-1, new, -1)
         else:
             pad_embds = st.embds.new_zeros(N, new, st.embds.shape[2])
-        z = st.logits.new_zeros(N, new, *self.padded_size)
+        z = st.logits.new_zeros(N, new, *self.g.padded_size)
         st.logits = torch.cat([st.logits[:, -keep:], z], 1)
         st.boxes = torch.cat([st.boxes[:, -keep:], st.boxes.new_zeros(N, new, 4)], 1)
         st.embds = torch.cat([st.embds[:, -keep:], pad_embds], 1)
         st.end = i + n
-        Hp, Wp = self.padded_size
+        Hp, Wp = self.g.padded_size
         for f in range(i, i + n):
             if f not in annotations:
                 continue
@@ -195,30 +167,31 @@ class PromptedClipLoop:
             st.boxes[idx, j] = box / torch.tensor([Wp, Hp, Wp, Hp], device=st.boxes.device)
             st.first_frames[idx] = f
 
-    def _decode(self, st: TrackState, feats, i, n, s, text: TextTargets | None, stuff: StuffHelp | None):
+    def _decode(self, st: TrackState, feats, i, n, text: TextTargets | None, stuff: StuffHelp | None):
         mask_features, multi = feats
         dec = self.model.decoder
         frame_idx = torch.arange(i, i + n, device=mask_features.device)
-        levels = dec.embed_levels(multi, frame_idx)
+        levels = dec.embed_levels(multi, frame_idx, self.s.pe_variant)
         if text is not None:
             prompts = dec.text_prompt_queries(text.sentence, text.words, levels)
         else:
-            prompts = self._visual_prompts(st, levels, i, n, s)
+            prompts = self._visual_prompts(st, levels, i, n)
         # visual prompts never attend to the learnable queries ('sep' masks): skip them, unless text
         # prompts borrow a learnable query's mask (l4p) or stuff targets read their semantic map
         classes = stuff.class_embeddings if stuff is not None else self.class_embeddings
         return dec(levels, mask_features, prompts, classes, self.s.self_attn_mask,
                    learnable=text is not None or stuff is not None)
 
-    def _visual_prompts(self, st: TrackState, levels, i, n, s) -> PromptQueries:
+    def _visual_prompts(self, st: TrackState, levels, i, n) -> PromptQueries:
         """Re-encode the clip's older frames from the current masks into the memory pool, then read it."""
         feat, pos, _ = levels.prompt_level
         masks = st.masks[:, -n:]
         boxes = st.boxes[:, -n:]
-        update = 1 if i == 0 else n - s
+        update = 1 if i == 0 else n - self.s.step
         if i > 0:
-            st.memory.append(s)
-        z = frame_phase(levels.frame_indices, n, self.model.cfg.pe_variant, self.model.cfg.num_frames_pe)
+            st.memory.append(self.s.step)
+        cfg = self.model.cfg
+        z = frame_phase(levels.frame_indices, n, self.s.pe_variant or cfg.pe_variant, cfg.num_frames_pe)
         for k in range(update):
             enc = sample_mask_prompts(feat[k], pos[k], masks[:, k], self.s.prompt_tokens, z[k],
                                       boxes=boxes[:, k], generator=self.generator, draw=self.draw)
@@ -229,26 +202,20 @@ class PromptedClipLoop:
             else:
                 valid = masks[:, k].flatten(1).sum(1) > 0
                 st.memory.write(valid, enc.tokens, enc.pe, k - n)
-        st.memory.set_first_frames(st.first_frames)
-        clip_t, clip_p = st.memory.recent(n)
-        mem_t, mem_p = st.memory.proca_tokens(self.s.window)
-        prompts = self.model.decoder.visual_prompt_queries(clip_t, clip_p, mem_t, mem_p)
+        prompts = memory_prompts(self.model, st.memory, st.first_frames, n, self.s.window)
         self._hook("prompt_queries", call=i, prompts=prompts)
         return prompts
 
     def _semantic_map(self, out) -> torch.Tensor:
         """Class per pixel from the learnable queries -> [n, Hp, Wp]: argmax_c sum_q p[q,c] q_q sigmoid(m_q).
-        Queries are upsampled a few at a time so N x Hp x Wp maps never exist at once."""
+        Queries are upsampled 16 at a time so N x Hp x Wp maps never exist at once."""
         Ql = out.num_learnable
-        h, w = self.image_size
-        up = lambda x: F.interpolate(x, self.padded_size, mode="bilinear", align_corners=False)  # noqa: E731
-        chunks = [slice(a, min(a + 16, Ql)) for a in range(0, Ql, 16)]
-        quality = torch.cat([mask_quality(up(out.pred_masks[c])[..., :h, :w]) for c in chunks])
+        h, w = self.g.image_size
+        up = lambda x: F.interpolate(x, self.g.padded_size, mode="bilinear", align_corners=False)  # noqa: E731
+        parts = chunks(Ql, 16)
+        quality = torch.cat([mask_quality(up(out.pred_masks[c])[..., :h, :w]) for c in parts])
         probs = out.pred_logits[:Ql].float().sigmoid() * quality[:, None]
-        sem = torch.zeros(probs.shape[1], out.pred_masks.shape[1], *self.padded_size, device=probs.device)
-        for c in chunks:
-            sem += torch.einsum("qc,qthw->cthw", probs[c], up(out.pred_masks[c].float()).sigmoid())
-        return sem.argmax(0)
+        return semantic_map(probs, ((c, up(out.pred_masks[c].float())) for c in parts))
 
     def _write_predictions(self, st: TrackState, out, i, n, is_text: bool, stuff: StuffHelp | None = None):
         """Turn the clip's prompt-query predictions into state (the official write_predictions)."""
@@ -256,34 +223,33 @@ class PromptedClipLoop:
         low = out.pred_masks[Ql:]                       # [N, n, H4, W4]
         h4, w4 = low.shape[-2:]
         boxes = mask_box(low > 0).float() / torch.tensor([w4, h4, w4, h4], device=low.device)
-        masks = F.interpolate(low, self.padded_size, mode="bilinear", align_corners=False)
-        h, w = self.image_size
-        quality = mask_quality(masks[..., :h, :w])
-        embds = out.pred_embds[Ql:]
+        masks = F.interpolate(low, self.g.padded_size, mode="bilinear", align_corners=False)
+        h, w = self.g.image_size
+        pred = ClipPredictions(masks, boxes, out.pred_embds[Ql:], mask_quality(masks[..., :h, :w]))
         self._hook("clip_output", call=i, out=out)
-        sem = self._semantic_map(out) if stuff is not None and (stuff.labels >= 0).any() else None
-        labels = stuff.labels if sem is not None else None
+        if stuff is not None and (stuff.labels >= 0).any():
+            pred.sem, pred.labels = self._semantic_map(out), stuff.labels
         ff = st.first_frames
         first = (ff >= i) & (ff < i + n)
         if first.any():
-            self._assign_first(st, first, masks, boxes, embds, quality, i, n, is_text, sem, labels)
+            self._assign_first(st, first, pred, i, n, is_text)
         seen = (ff < i) & (ff != -1)
         if seen.any():
-            self._accumulate_seen(st, seen, masks, boxes, embds, quality, n, is_text, sem, labels)
+            self._accumulate_seen(st, seen, pred, n, is_text)
 
-    def _assign_first(self, st, first, masks, boxes, embds, quality, i, n, is_text, sem=None, labels=None):
+    def _assign_first(self, st: TrackState, first, pred: ClipPredictions, i, n, is_text):
         """Targets first appearing in this clip: take the prediction after their prompt frame."""
         idx = torch.nonzero(first).flatten()
         faf = st.first_frames[idx] - (i + n)            # negative position of the prompt frame
-        st.embds[idx, -n:] = embds[idx]
-        m = masks[idx]
+        st.embds[idx, -n:] = pred.embds[idx]
+        m = pred.masks[idx]
         if is_text:
             keep = torch.ones(len(idx), dtype=torch.bool)
         else:
             gt_first = st.masks[idx, faf]
             pos = faf + n
             pred_first = m[torch.arange(len(idx)), pos]
-            weight = m.sigmoid() * (pair_iou(gt_first, pred_first) ** 2 * quality[idx]).view(-1, 1, 1, 1)
+            weight = m.sigmoid() * (pair_iou(gt_first, pred_first) ** 2 * pred.quality[idx]).view(-1, 1, 1, 1)
             winner = self._compete(m, weight)
             m = m * winner
             iou = pair_iou(gt_first, winner[torch.arange(len(idx)), pos])
@@ -291,28 +257,29 @@ class PromptedClipLoop:
             keep = iou > 0.15 * area.clamp(max=1)
         for k, obj in enumerate(idx.tolist()):
             start = int(faf[k]) + (0 if is_text else 1)  # the prompt frame itself keeps its given mask
-            is_stuff = labels is not None and int(labels[obj]) >= 0
+            is_stuff = pred.is_stuff(obj)
             if (not keep[k] and not is_stuff) or start == 0:
                 continue
             if is_stuff:  # the semantic map claims the stuff class's pixels for this target
-                m[k, start:][sem[start:] == labels[obj]] = 10.0
+                m[k, start:][pred.sem[start:] == pred.labels[obj]] = 10.0
             st.logits[obj, start:] = m[k, start:]
-            st.boxes[obj, start:] = boxes[obj, start:]
+            st.boxes[obj, start:] = pred.boxes[obj, start:]
 
-    def _accumulate_seen(self, st, seen, masks, boxes, embds, quality, n, is_text, sem=None, labels=None):
+    def _accumulate_seen(self, st: TrackState, seen, pred: ClipPredictions, n, is_text):
         """Targets seen before this clip: consistent predictions add their logits to the clip frames."""
         idx = torch.nonzero(seen).flatten()
-        sim = temporal_consistency(st.embds[idx, -self.s.window:], embds[idx])
-        ok = (sim > self.s.consistency_threshold).float()
-        m = masks[idx] * ok.view(-1, 1, 1, 1)
-        q, e, b = quality[idx] * ok, embds[idx] * ok.view(-1, 1, 1), boxes[idx] * ok.view(-1, 1, 1)
+        sim = temporal_consistency(st.embds[idx, -self.s.window:], pred.embds[idx])
+        ok = (sim > self.s.vos_consistency).float()
+        m = pred.masks[idx] * ok.view(-1, 1, 1, 1)
+        q, e = pred.quality[idx] * ok, pred.embds[idx] * ok.view(-1, 1, 1)
+        b = pred.boxes[idx] * ok.view(-1, 1, 1)
         sim = sim * ok
         if not is_text:
             original = (m > 0).flatten(1).sum(1).clamp(min=1)
             prob = m.sigmoid()
             for k, obj in enumerate(idx.tolist()):
-                if labels is not None and int(labels[obj]) >= 0:  # stuff: the semantic map's pixels are certain
-                    region = sem == labels[obj]
+                if pred.is_stuff(obj):  # stuff: the semantic map's pixels are certain
+                    region = pred.sem == pred.labels[obj]
                     prob[k][region] = 1.0
                     m[k][region] = 10.0
             winner = self._compete(m, prob * (sim ** 2 * q).view(-1, 1, 1, 1))

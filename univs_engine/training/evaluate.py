@@ -25,8 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from ..data.synthetic import CLASSES, NUM_THING_CLASSES, generate_video, split_seeds
-from ..inference.vos import ClipSettings, PromptedClipLoop, TextTargets
+from ..inference.core import ClipGeometry
+from ..inference.vos import PromptedClipLoop, TextTargets
 from ..modeling.text_encoder import TextPromptEncoder
+from ..presets import TaskSettings
 from .losses import hungarian_match
 
 
@@ -46,8 +48,8 @@ def _videos(n: int, frames: int, size: int, split: str = "val"):
 
 
 @torch.no_grad()
-def eval_vos(model, videos, settings: ClipSettings | None = None, seed: int = 0) -> dict:
-    settings = settings or ClipSettings()
+def eval_vos(model, videos, settings: TaskSettings | None = None, seed: int = 0) -> dict:
+    settings = settings or TaskSettings()
     js, base = [], []
     for v in videos:
         N, T, H, W = v.masks.shape
@@ -57,7 +59,7 @@ def eval_vos(model, videos, settings: ClipSettings | None = None, seed: int = 0)
             ann[p.frame][0].append(i)
             ann[p.frame][1].append(torch.from_numpy(p.mask).float())
         annotations = {f: (torch.tensor(idx), torch.stack(ms)) for f, (idx, ms) in ann.items()}
-        loop = PromptedClipLoop(model, settings, T, (H, W), (H, W), generator=torch.Generator().manual_seed(seed))
+        loop = PromptedClipLoop(model, settings, ClipGeometry(T, (H, W), (H, W), (H, W)), generator=torch.Generator().manual_seed(seed))
         pred = np.zeros((N, T, H, W), bool)
         for f, logits, _ in loop.run(_frames_fn(model, v), N, annotations):
             pred[:, f] = (logits[:, :H, :W] > 0).numpy()
@@ -71,14 +73,14 @@ def eval_vos(model, videos, settings: ClipSettings | None = None, seed: int = 0)
 
 
 @torch.no_grad()
-def eval_refvos(model, text_encoder, videos, settings: ClipSettings | None = None) -> dict:
-    settings = settings or ClipSettings()
+def eval_refvos(model, text_encoder, videos, settings: TaskSettings | None = None) -> dict:
+    settings = settings or TaskSettings()
     tpe = TextPromptEncoder(text_encoder)
     js = []
     for v in videos:
         N, T, H, W = v.masks.shape
         sentence, words = tpe.encode_expressions(v.expressions)
-        loop = PromptedClipLoop(model, settings, T, (H, W), (H, W))
+        loop = PromptedClipLoop(model, settings, ClipGeometry(T, (H, W), (H, W), (H, W)))
         pred = np.zeros((N, T, H, W), bool)
         for f, logits, _ in loop.run(_frames_fn(model, v), N, text=TextTargets(sentence.float(), words.float())):
             pred[:, f] = (logits[:, :H, :W] > 0).numpy()
@@ -158,7 +160,7 @@ def eval_prompt_frame(model, videos, prompt_tokens: int = 256) -> dict:
 
 
 def evaluate(model, text_encoder, class_embeddings, n_videos: int = 16, frames: int = 12, size: int = 128,
-             settings: ClipSettings | None = None, refvos: bool = True, split: str = "val") -> dict:
+             settings: TaskSettings | None = None, refvos: bool = True, split: str = "val") -> dict:
     model.eval()
     videos = _videos(n_videos, frames, size, split)
     t0 = time.time()
@@ -210,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--videos", type=int, default=16)
     ap.add_argument("--frames", type=int, default=12)
     ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--clip-len", type=int, default=ClipSettings.clip_len)
+    ap.add_argument("--clip-len", type=int, default=TaskSettings.clip_len)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-refvos", action="store_true")
     ap.add_argument("--split", default="val", choices=("val", "test"))
@@ -223,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CheckpointError as e:  # a refused checkpoint: one line, no traceback
         print(f"evaluate: error: {e}", file=sys.stderr)
         return 2
-    settings = ClipSettings(clip_len=a.clip_len)
+    settings = TaskSettings(clip_len=a.clip_len)
     res = evaluate(model, text, emb, a.videos, a.frames, a.size, settings, refvos=not a.no_refvos, split=a.split)
     print(json.dumps(res, indent=1))
     return 0
