@@ -17,6 +17,7 @@ import comfy.model_management as mm
 import comfy.utils
 import folder_paths
 from comfy_api.latest import ComfyExtension, io
+from univs_engine.vocabularies import vocabulary_names
 
 from . import convert, export, prompts as P, runtime, select as S
 
@@ -49,15 +50,6 @@ def _intermediate(t: torch.Tensor) -> torch.Tensor:
         return t.to(mm.intermediate_device())
     except Exception:
         return t
-
-
-def _builtin_vocabularies() -> list[str]:
-    try:
-        from univs_engine.vocabularies import vocabulary_names
-
-        return list(vocabulary_names())
-    except Exception:
-        return ["ytvis21", "ytvis19", "ovis", "vipseg", "vspw", "coco_panoptic", "coco"]
 
 
 def _open_frames(images: Any, video: Any, fps: float | None = None):
@@ -254,34 +246,8 @@ class PromptTarget(io.ComfyNode):
                                      mask=mask, editor_state=editor, previous=prompts)
         ui_out: dict[str, Any] = {"text": [P.describe_prompts(out)]}
         if image is not None:
-            ui_out.update(_editor_frames(image))
+            ui_out.update(runtime.editor_frames(image, folder_paths.get_temp_directory()))
         return io.NodeOutput(out, ui=ui_out)
-
-
-def _editor_frames(image: torch.Tensor, max_frames: int = 240, max_side: int = 768) -> dict[str, Any]:
-    """Save down-scaled frames to the temp folder for the web prompt editor (frame scrubber)."""
-    from PIL import Image
-
-    image = convert._check_image(image, "image")
-    T, H, W = int(image.shape[0]), int(image.shape[1]), int(image.shape[2])
-    step = max(1, -(-T // max_frames))
-    scale = min(1.0, max_side / max(H, W))
-    size = (max(1, round(W * scale)), max(1, round(H * scale)))
-    temp = folder_paths.get_temp_directory()
-    sub = "univs_editor"
-    os.makedirs(os.path.join(temp, sub), exist_ok=True)
-    tag = f"{abs(hash((T, H, W, float(image[0].mean()), float(image[-1].mean())))):x}"[:10]
-    frames = []
-    for i in range(0, T, step):
-        name = f"f_{tag}_{i:05d}.jpg"
-        path = os.path.join(temp, sub, name)
-        if not os.path.exists(path):
-            img = Image.fromarray(convert.image_frame_to_uint8(image, i))
-            if scale < 1.0:
-                img = img.resize(size, Image.BILINEAR)
-            img.save(path, quality=85)
-        frames.append({"filename": name, "subfolder": sub, "type": "temp", "frame": i})
-    return {"univs_frames": frames, "univs_size": [W, H, T]}
 
 
 class TextRefer(io.ComfyNode):
@@ -347,7 +313,7 @@ class PropagateMasks(io.ComfyNode):
     @classmethod
     def execute(cls, model, prompts, images=None, video=None, direction="both", start_frame=0, end_frame=-1,
                 preset="auto", fps=0.0) -> io.NodeOutput:
-        from univs_engine.api import track
+        from univs_engine.api import RunOptions, track
 
         handle = _check_handle(model)
         source, temp = _open_frames(images, video)
@@ -360,8 +326,8 @@ class PropagateMasks(io.ComfyNode):
                     raise ValueError("prompts: text prompts need a text encoder; load the built-in model or pick "
                                      "the official text_encoder file in 'Load UniVS Model'")
             total = len(rng) * (2 if direction == "both" else 1)
-            tracks = _run_engine(track, handle, total, video=source, prompts=eprompts, direction=direction,
-                                 start=rng.start, stop=rng.stop, preset=preset)
+            options = RunOptions(rng.start, rng.stop, direction, preset)
+            tracks = _run_engine(track, handle, total, video=source, prompts=eprompts, options=options)
             tracks.fps = _source_fps(fps, video, source)
         finally:
             _close(source, temp)
@@ -378,7 +344,7 @@ def _tracks_summary(tracks) -> str:
 class PanopticVideo(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        vocabs = ["model default"] + _builtin_vocabularies() + ["custom"]
+        vocabs = ["model default"] + vocabulary_names() + ["custom"]
         return io.Schema(
             node_id="UniVS_PanopticVideo",
             display_name="UniVS Panoptic Video",
@@ -412,16 +378,16 @@ class PanopticVideo(io.ComfyNode):
     @classmethod
     def execute(cls, model, images=None, video=None, task="panoptic", vocabulary="model default", custom_classes="",
                 start_frame=0, end_frame=-1, fps=0.0) -> io.NodeOutput:
-        from univs_engine.api import segment
+        from univs_engine.api import RunOptions, segment
 
         handle = _check_handle(model)
         vocab = None if vocabulary == "model default" else convert.parse_vocabulary(
-            vocabulary, custom_classes, builtin=_builtin_vocabularies())
+            vocabulary, custom_classes, builtin=vocabulary_names())
         source, temp = _open_frames(images, video)
         try:
             rng = S.frame_range(start_frame, end_frame, source.num_frames)
             tracks = _run_engine(segment, handle, len(rng), video=source, task=task, vocabulary=vocab,
-                                 start=rng.start, stop=rng.stop)
+                                 options=RunOptions(rng.start, rng.stop))
             tracks.fps = _source_fps(fps, video, source)
         finally:
             _close(source, temp)

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from univs_engine.masks import binary_mask
 from univs_engine.parsing import int_range, number, parse_json
 
 __all__ = [
@@ -139,7 +140,7 @@ def mask_frame_to_bool(mask: Any, frame: int = 0, name: str = "mask", threshold:
             f"{name}: the mask batch has {m.shape[0]} masks; with more than one mask it is read as one mask per "
             f"video frame, and frame {frame} is outside it"
         )
-    out = (sel.detach().cpu() > threshold).numpy()
+    out = binary_mask(sel, what=name, floats=threshold, allow_nan=True)  # NaN pixels: outside the mask
     if not out.any():
         raise ValueError(f"{name}: the mask is empty (no pixel above {threshold}) on frame {frame}")
     return out

@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from univs_engine.parsing import integer, number, parse_json
+from univs_engine.prompt_checks import check_box, check_point
 
 from .convert import mask_frame_to_bool, parse_boxes, parse_expressions, parse_points
 
@@ -27,7 +28,11 @@ __all__ = [
 
 @dataclass(frozen=True, eq=False)
 class PromptSpec:
-    """One cue for one object on one frame (``obj_id`` 0 means "next free id", resolved by :func:`chain_prompts`)."""
+    """One cue for one object on one frame (``obj_id`` 0 means "next free id", resolved by :func:`chain_prompts`).
+
+    ``point_inputs`` (one per point) and ``box_input`` name the node input each click and the box came from, so
+    that :func:`to_engine_prompts` can say which input holds a value outside the frame.
+    """
 
     obj_id: int
     frame: int = 0
@@ -38,6 +43,8 @@ class PromptSpec:
     mask: np.ndarray | None = field(default=None, repr=False)
     text: str | None = None
     source: str = ""
+    point_inputs: tuple[str, ...] = ()
+    box_input: str = ""
 
     @property
     def kind(self) -> str:
@@ -128,12 +135,15 @@ def build_target_prompts(
                     box=boxes[0] if boxes else None,
                     mask=m,
                     source="PromptTarget",
+                    point_inputs=("positive_coords",) * len(pos) + ("negative_coords",) * len(neg),
+                    box_input="bboxes" if boxes else "",
                 )
             )
     else:
         for k, b in enumerate(boxes):
             oid = 0 if object_id == 0 else int(object_id) + k
-            specs.append(PromptSpec(obj_id=oid, frame=int(frame_index), label=label, box=b, source="PromptTarget"))
+            specs.append(PromptSpec(obj_id=oid, frame=int(frame_index), label=label, box=b, source="PromptTarget",
+                                    box_input="bboxes"))
     specs.extend(parse_editor_state(editor_state))
     if not specs:
         raise ValueError(
@@ -214,7 +224,8 @@ def _editor_cues(cues: Any, oid: int, frame: int, label: str) -> PromptSpec | No
         raise ValueError(f"editor: object {oid} on frame {frame} has only negative clicks; add a positive click or "
                          "a box")
     return PromptSpec(obj_id=oid, frame=frame, label=label, points=tuple(pts), point_labels=tuple(lbls),
-                      box=boxes[0] if boxes else None, source="prompt editor")
+                      box=boxes[0] if boxes else None, source="prompt editor", point_inputs=("editor",) * len(pts),
+                      box_input="editor" if boxes else "")
 
 
 def build_text_prompts(*, expressions: str, frame_hint: int = 0, object_id: int = 0, previous: Any = None) -> tuple[PromptSpec, ...]:
@@ -240,8 +251,11 @@ def to_engine_prompts(
 ) -> list[Any]:
     """Validate the chained prompts against the video and build engine ``Prompt`` objects.
 
-    Cues for the same (object, frame) from several nodes are merged (points concatenated; a later box or mask
-    replaces an earlier one). Labels: the first non-empty label of an object is used for all its prompts.
+    Clicks and boxes must meet the engine's rules (``univs_engine/prompt_checks.py``: a click on the frame,
+    ``0 <= x < width``; a box inside it, ``x1 <= width``); nothing is clipped, and an error names the node input,
+    the object and the value. Cues for the same (object, frame) from several nodes are merged (points
+    concatenated; a later box or mask replaces an earlier one). Labels: the first non-empty label of an object
+    is used for all its prompts.
     """
     specs = _as_tuple(prompts)
     if not specs:
@@ -262,16 +276,10 @@ def to_engine_prompts(
                 f"{where}: frame {p.frame} is outside the processed range {start}..{stop - 1}; widen "
                 "start_frame/end_frame or move the prompt"
             )
-        for (x, y) in p.points:
-            if not (0 <= x <= width and 0 <= y <= height):
-                raise ValueError(
-                    f"{where}: point ({x:g}, {y:g}) lies outside the {width}x{height} frame; points are in pixels "
-                    "of the input video"
-                )
-        if p.box is not None:
-            x0, y0, x1, y1 = p.box
-            if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
-                raise ValueError(f"{where}: box {tuple(round(v, 1) for v in p.box)} lies outside the {width}x{height} frame")
+        points = tuple(check_point(x, y, width, height, _cue_where(p, _input_of(p, k)))
+                       for k, (x, y) in enumerate(p.points))
+        box = None if p.box is None else check_box(p.box, width, height, _cue_where(p, p.box_input))
+        p = replace(p, points=points, box=box)
         if p.mask is not None and p.mask.shape != (height, width):
             raise ValueError(
                 f"{where}: mask size {p.mask.shape[1]}x{p.mask.shape[0]} differs from the video size {width}x{height}"
@@ -293,10 +301,6 @@ def to_engine_prompts(
             merged[key] = p
     out = []
     for (oid, frame), p in sorted(merged.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        box = None
-        if p.box is not None:
-            x0, y0, x1, y1 = p.box
-            box = (max(0.0, x0), max(0.0, y0), min(float(width), x1), min(float(height), y1))
         out.append(
             prompt_cls(
                 obj_id=oid,
@@ -304,12 +308,21 @@ def to_engine_prompts(
                 label=labels.get(oid, ""),
                 points=[tuple(pt) for pt in p.points],
                 point_labels=list(p.point_labels),
-                box=box,
+                box=p.box,
                 mask=p.mask,
                 text=p.text,
             )
         )
     return out
+
+
+def _input_of(p: PromptSpec, k: int) -> str:
+    return p.point_inputs[k] if k < len(p.point_inputs) else ""
+
+
+def _cue_where(p: PromptSpec, node_input: str) -> str:
+    """Error prefix for one click or box: the node input it came from, the node, the object and the frame."""
+    return f"{node_input or 'prompts'} ({p.source or 'prompt'}, object {p.obj_id}, frame {p.frame})"
 
 
 def describe_prompts(prompts: Any) -> str:

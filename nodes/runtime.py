@@ -8,7 +8,6 @@ from __future__ import annotations
 import io as _io
 import os
 import shutil
-import tempfile
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -29,6 +28,8 @@ __all__ = [
     "make_progress",
     "make_cancel",
     "video_to_path",
+    "wrap_model",
+    "editor_frames",
     "SAMPLE_NAME",
     "place_sample_video",
 ]
@@ -182,8 +183,15 @@ class UniVSHandle:
 def wrap_model(model: Any, device: torch.device, model_patcher_mod: Any, mm: Any) -> Any:
     """Wrap the network (and its text encoder) in a ComfyUI ModelPatcher so the memory manager sees it.
 
-    Returns ``None`` when wrapping is not possible (then the model is moved by hand)."""
+    Returns ``None`` when wrapping is not possible, after a warning naming the cause: the model is then moved
+    by hand, and ComfyUI's memory manager neither counts nor unloads it."""
+    import logging
+
+    log = logging.getLogger("univs")
     if model_patcher_mod is None or mm is None:
+        log.warning("UniVS: the model is not registered with ComfyUI's memory manager (%s is not available); it "
+                    "is moved to %s by hand and ComfyUI will not unload it to free memory",
+                    "comfy.model_patcher" if model_patcher_mod is None else "comfy.model_management", device)
         return None
     try:
         bundle = torch.nn.Module()
@@ -194,7 +202,10 @@ def wrap_model(model: Any, device: torch.device, model_patcher_mod: Any, mm: Any
         cls = getattr(model_patcher_mod, "CoreModelPatcher", None) or model_patcher_mod.ModelPatcher
         offload = mm.unet_offload_device() if torch.device(device).type != "cpu" else torch.device("cpu")
         return cls(bundle, load_device=device, offload_device=offload)
-    except Exception:
+    except Exception as e:  # the ModelPatcher API differs between ComfyUI versions: run without it, and say so
+        log.warning("UniVS: the model is not registered with ComfyUI's memory manager (wrapping it in a "
+                    "ModelPatcher failed: %s: %s); it is moved to %s by hand and ComfyUI will not unload it to "
+                    "free memory", type(e).__name__, e, device)
         return None
 
 
@@ -225,33 +236,17 @@ def place_sample_video(source: str | os.PathLike, input_dir: str | os.PathLike) 
     The copy goes to a temporary name first and is linked into place, so a concurrent or interrupted start never
     leaves a half-written video under the final name.
     """
-    from univs_engine.io.writers import normal_mode
+    from univs_engine.atomic import atomic_file
 
     dst = os.path.join(os.fspath(input_dir), SAMPLE_NAME)
     if os.path.lexists(dst):
         return dst
     try:
-        os.makedirs(input_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".univs_sample.", suffix=".tmp", dir=input_dir)
-    except OSError:
-        return None
-    try:
-        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+        with atomic_file(dst, overwrite=False) as tmp, open(tmp, "wb") as out, open(source, "rb") as src:
             shutil.copyfileobj(src, out)
-        normal_mode(tmp)  # mkstemp makes 0600; the user's other input files follow the umask
-        try:
-            os.link(tmp, dst)  # fails if the name appeared meanwhile: nothing is overwritten
-        except FileExistsError:
-            pass
-        except OSError:  # file systems without hard links
-            if not os.path.lexists(dst):
-                os.replace(tmp, dst)
-        return dst
-    except OSError:
-        return None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    except OSError:  # FileExistsError included: a file that appeared meanwhile is kept, never overwritten
+        return dst if os.path.lexists(dst) else None
+    return dst
 
 
 # =============================================================================================== VIDEO input
@@ -285,3 +280,75 @@ def video_to_path(video: Any, temp_dir: str) -> tuple[str, bool]:
             shutil.copyfileobj(src, fh, length=8 << 20)
         return path, True
     raise ValueError(f"video: unsupported stream source {type(src).__name__}")
+
+
+# =============================================================================================== prompt-editor frames
+EDITOR_SUBFOLDER = "univs_editor"
+EDITOR_CACHE_FILES = 1000  # JPEGs kept in the editor's temp folder (at least the frames of the latest call stay)
+EDITOR_JPEG_QUALITY = 85
+
+
+def editor_frames(image: Any, temp_dir: str, max_frames: int = 240, max_side: int = 768,
+                  keep: int = EDITOR_CACHE_FILES) -> dict[str, Any]:
+    """Down-scaled JPEGs of an IMAGE batch for the web prompt editor -> the node's ``ui`` entries
+    (``univs_frames``: one ``{filename, subfolder, type, frame}`` per shown frame; ``univs_size``: ``[W, H, T]``).
+
+    At most ``max_frames`` frames are shown (every ``step``-th), scaled so the long side is at most ``max_side``.
+    A file is named by a hash of everything it is made from (the frame's 8-bit pixels, the output size and the
+    JPEG quality), so an unchanged frame is not encoded again and two clips that differ in a shown frame never
+    share its file. ``temp_dir/univs_editor`` is a small LRU cache: a reused file is touched, and the least
+    recently used files beyond ``keep`` (never those of this call) are deleted.
+    """
+    import hashlib
+
+    import numpy as np
+    from PIL import Image
+
+    from univs_engine.atomic import atomic_file
+
+    from .convert import _check_image, _frame_to_uint8
+
+    image = _check_image(image, "image")
+    T, H, W = int(image.shape[0]), int(image.shape[1]), int(image.shape[2])
+    step = max(1, -(-T // max_frames))
+    scale = min(1.0, max_side / max(H, W))
+    size = (max(1, round(W * scale)), max(1, round(H * scale)))
+    folder = os.path.join(temp_dir, EDITOR_SUBFOLDER)
+    os.makedirs(folder, exist_ok=True)
+    frames, used = [], set()
+    for i in range(0, T, step):
+        pixels = np.ascontiguousarray(_frame_to_uint8(image[i]))
+        digest = hashlib.blake2b(f"{W}x{H}>{size[0]}x{size[1]}q{EDITOR_JPEG_QUALITY}".encode(), digest_size=16)
+        digest.update(memoryview(pixels).cast("B"))
+        name = f"f_{digest.hexdigest()}.jpg"
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            os.utime(path)  # most recently used
+        else:
+            img = Image.fromarray(pixels)
+            if scale < 1.0:
+                img = img.resize(size, Image.BILINEAR)
+            with atomic_file(path, suffix=".jpg") as tmp:  # the browser never reads a half-written file
+                img.save(tmp, format="JPEG", quality=EDITOR_JPEG_QUALITY)
+        used.add(name)
+        frames.append({"filename": name, "subfolder": EDITOR_SUBFOLDER, "type": "temp", "frame": i})
+    _evict_editor_frames(folder, used, keep)
+    return {"univs_frames": frames, "univs_size": [W, H, T]}
+
+
+def _evict_editor_frames(folder: str, used: set[str], keep: int) -> None:
+    """Delete the least recently used editor JPEGs beyond ``keep`` files, sparing ``used``."""
+    entries = []
+    with os.scandir(folder) as it:
+        for e in it:
+            if e.name.startswith("f_") and e.name.endswith(".jpg") and e.name not in used:
+                try:
+                    entries.append((e.stat().st_mtime_ns, e.path))
+                except OSError:
+                    continue
+    excess = len(entries) + len(used) - max(keep, len(used))
+    for _mtime, path in sorted(entries)[:max(0, excess)]:
+        try:
+            os.remove(path)
+        except OSError:
+            pass

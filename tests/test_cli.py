@@ -55,6 +55,26 @@ def test_segment_writes_outputs_for_every_task(task, tmp_path):
                    for r in results)  # frames never processed are null, not empty masks
 
 
+@pytest.mark.parametrize("task", ["vis", "vss", "vps"])
+def test_category_tasks_segment_exactly_the_frames_from_start_to_stop(task, tmp_path):
+    """--start/--stop reach the category-guided tasks: frames [start, stop) are segmented and written, no other."""
+    out, start, stop = tmp_path / task, 5, 12
+    assert main(["segment", str(SAMPLE), "--task", task, "--out", str(out), "--start", str(start), "--stop",
+                 str(stop)]) == 0
+    tracks = Tracks.load(out / "tracks.npz")
+    assert tracks.num_frames == 48 and tracks.segmented_frames() == list(range(start, stop))
+    assert tracks.object_ids and all(start <= f < stop for o in tracks.object_ids for f in tracks.frames_with(o))
+    legend = json.loads((out / "legend.json").read_text())
+    assert legend["partial"] is False and legend["segmented_frames"] == [[start, stop - 1]]
+    names = [f"{f:05d}.png" for f in range(start, stop)]
+    assert [p.name for p in sorted((out / "ids").glob("*.png"))] == names
+    assert [p.name for p in sorted((out / "color").glob("*.png"))] == names
+    if task == "vis":
+        for r in json.loads((out / "results.json").read_text()):
+            segs = r["segmentations"]
+            assert segs[:start] == [None] * start and segs[stop:] == [None] * (48 - stop)
+
+
 def test_segment_refuses_to_overwrite_and_reports_bad_prompts(tmp_path, capsys):
     out = tmp_path / "o"
     base = ["segment", str(SAMPLE), "--out", str(out), "--stop", "4"]

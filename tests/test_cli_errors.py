@@ -64,7 +64,14 @@ def bad_files(tmp_path):
     (["--frame", "60", "--points", "1,1"], ["--frame 60", "0..47"]),
     (["--start", "40", "--stop", "10", "--points", "1,1"], ["--start 40 --stop 10", "48 frames"]),
     (["--stop", "99", "--points", "1,1"], ["--stop 99"]),
-    (["--points", "900,10"], ["--points: (900, 10) lies outside the 320x240 frame"]),
+    (["--points", "900,10"], ["--points: point (900, 10) lies outside the 320x240 frame"]),
+    # the engine's rule (univs_engine/prompt_checks.py): a click at x = width was let through, then refused by
+    # the engine after the model had loaded; a box past the frame likewise
+    (["--points", "320,10"], ["--points: point (320, 10) lies outside the 320x240 frame", "0 <= x < 320"]),
+    (["--points", "1,1", "--neg-points", "5,240"], ["--neg-points: point (5, 240) lies outside", "0 <= y < 240"]),
+    (["--box", "300,200,321,240"], ["--box: box (300, 200, 321, 240) lies outside the 320x240 frame",
+                                    "x1 <= 320"]),
+    (["--box=-1,0,10,10"], ["--box: box (-1, 0, 10, 10) lies outside the 320x240 frame", "0 <= x0"]),
     (["--device", "cuda:99", "--points", "1,1"], ["--device cuda:99", "(available: cpu"]),
 ])
 def test_bad_options_end_in_one_line(capsys, tmp_path, extra, words):
@@ -90,6 +97,16 @@ def test_cuda_without_a_gpu_is_one_line(capsys, tmp_path):
 def test_bad_input_files_end_in_one_line(capsys, bad_files, option, name, words):
     one_line_error(capsys, ["segment", str(SAMPLE), option, str(bad_files / name), "--out", str(bad_files / "o")],
                    *words)
+
+
+def test_clicks_and_boxes_on_the_frame_edges_are_kept_as_given():
+    """The last pixel is a valid click and a box may end on the frame's edge; nothing is clipped or moved."""
+    source = SimpleNamespace(num_frames=48, height=240, width=320)
+    args = cli.build_parser().parse_args(["segment", "v.mp4", "--points", "319.5,239;0,0", "--neg-points", "10,10",
+                                          "--box", "0,0,320,240"])
+    (p,) = cli.prompts_from_args(args, source)
+    assert list(p.points) == [(319.5, 239.0), (0.0, 0.0), (10.0, 10.0)] and list(p.point_labels) == [1, 1, 0]
+    assert p.box == (0.0, 0.0, 320.0, 240.0)
 
 
 def test_prompts_outside_the_processed_frames_are_refused_before_the_run(capsys, tmp_path):

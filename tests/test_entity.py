@@ -271,7 +271,7 @@ def test_semantic_loop_matches_dense_formula(model, emb):
 
 # ------------------------------------------------------------------------------------------ literal official
 def literal_official(model, task: str, s: TaskSettings, L, image_size, padded, emb, things, gen, frames):
-    """Line-by-line bookkeeping of the official entity inference (§5.3): padded-resolution logits, every
+    """Line-by-line bookkeeping of the official entity inference: padded-resolution logits, every
     slot of the prompt pool and of the embeddings/probabilities kept, masks trimmed only at output windows.
     Returns the output windows as (start, ids, padded logits, occurrence, mean probs, quality)."""
     T, st_, mem = s.clip_len, min(s.stride, s.clip_len), s.memory_frames

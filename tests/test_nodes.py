@@ -311,11 +311,11 @@ def test_to_engine_prompts_validates_and_merges():
     specs = P.build_target_prompts(frame_index=1, object_id=0, label="cat", positive_coords="[[2, 2]]")
     specs = P.build_target_prompts(frame_index=1, object_id=1, negative_coords="[[9, 9]]",
                                    positive_coords="[[3, 3]]", previous=specs)
-    specs = P.build_target_prompts(frame_index=0, object_id=1, bboxes=(0, 0, 50, 50), previous=specs)
+    specs = P.build_target_prompts(frame_index=0, object_id=1, bboxes=(0, 0, 12, 10), previous=specs)
     out = P.to_engine_prompts(specs, num_frames=4, height=10, width=12)
     assert all(isinstance(p, Prompt) for p in out)
     assert [(p.obj_id, p.frame) for p in out] == [(1, 0), (1, 1)]
-    assert out[0].box == (0.0, 0.0, 12.0, 10.0)  # clipped to the frame
+    assert out[0].box == (0.0, 0.0, 12.0, 10.0)  # a box may end on the frame's edge
     assert list(out[1].points) == [(2.0, 2.0), (3.0, 3.0), (9.0, 9.0)] and list(out[1].point_labels) == [1, 1, 0]
     assert out[0].label == out[1].label == "cat"
     with pytest.raises(ValueError, match="frame 1 is outside the processed range 2..3"):
@@ -331,6 +331,52 @@ def test_to_engine_prompts_validates_and_merges():
         P.to_engine_prompts(m, num_frames=1, height=10, width=12)
     with pytest.raises(ValueError, match="prompts: expected UNIVS_PROMPTS"):
         P.to_engine_prompts("x", num_frames=1, height=1, width=1)
+
+
+W12 = dict(width=12, height=10)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    # a click at x = width or y = height was accepted here and refused by the engine deep inside the run
+    (dict(positive_coords='[{"x": 12, "y": 3}]'),
+     r"positive_coords \(PromptTarget, object 1, frame 2\): point \(12, 3\) lies outside the 12x10 frame "
+     r"\(need 0 <= x < 12 and 0 <= y < 10"),
+    (dict(positive_coords="[[1, 1]]", negative_coords="[[4, 10]]"),
+     r"negative_coords \(PromptTarget, object 1, frame 2\): point \(4, 10\) lies outside the 12x10 frame"),
+    (dict(positive_coords="[[-0.5, 1]]"), r"positive_coords .*: point \(-0.5, 1\) lies outside"),
+    # a box past the frame was clipped here and refused by the engine
+    (dict(bboxes=(2, 2, 13, 8)),
+     r"bboxes \(PromptTarget, object 1, frame 2\): box \(2, 2, 13, 8\) lies outside the 12x10 frame "
+     r"\(need 0 <= x0, 0 <= y0, x1 <= 12 and y1 <= 10"),
+    (dict(bboxes={"x": -1, "y": 0, "width": 5, "height": 5}), r"bboxes .*: box \(-1, 0, 4, 5\) lies outside"),
+    (dict(bboxes=[(0, 0, 4, 4), (5, 5, 12, 11)]), r"bboxes \(PromptTarget, object 2, frame 2\): box \(5, 5, 12, 11\)"),
+    (dict(positive_coords="[[1, 1]]", bboxes=(0, 0, 40, 40)), r"bboxes .*object 1.*box \(0, 0, 40, 40\) lies outside"),
+    (dict(editor=json.dumps({"objects": [{"id": 4, "frames": {"2": {"points": [[12, 0, 1]]}}}]})),
+     r"editor \(prompt editor, object 4, frame 2\): point \(12, 0\) lies outside the 12x10 frame"),
+    (dict(editor=json.dumps({"objects": [{"id": 4, "frames": {"2": {"box": [0, 0, 12, 11]}}}]})),
+     r"editor \(prompt editor, object 4, frame 2\): box \(0, 0, 12, 11\) lies outside the 12x10 frame"),
+])
+def test_clicks_and_boxes_outside_the_frame_are_refused_naming_input_object_and_value(kwargs, message):
+    """The nodes apply the engine's rule (univs_engine/prompt_checks.py) when the video size is known; the
+    error names the node input, the object and the value, and nothing is clipped."""
+    editor = kwargs.pop("editor", "")
+    specs = P.build_target_prompts(frame_index=2, object_id=0, editor_state=editor, **kwargs)
+    with pytest.raises(ValueError, match=message):
+        P.to_engine_prompts(specs, num_frames=4, **W12)
+
+
+def test_clicks_and_boxes_on_the_frame_edges_reach_the_engine_unchanged():
+    from univs_engine.api import prompt_to_mask
+
+    specs = P.build_target_prompts(frame_index=0, object_id=0, positive_coords="[[11.5, 9], [0, 0]]",
+                                   negative_coords="[[11, 0]]", bboxes=(0, 0, 12, 10))
+    state = {"objects": [{"id": 5, "frames": {"1": {"points": [[11, 9, 1]], "box": [3, 3, 12, 10]}}}]}
+    specs = P.build_target_prompts(frame_index=1, object_id=0, editor_state=json.dumps(state), previous=specs)
+    out = P.to_engine_prompts(specs, num_frames=4, **W12)
+    assert list(out[0].points) == [(11.5, 9.0), (0.0, 0.0), (11.0, 0.0)] and out[0].box == (0.0, 0.0, 12.0, 10.0)
+    assert list(out[1].points) == [(11.0, 9.0)] and out[1].box == (3.0, 3.0, 12.0, 10.0)
+    for p in out:  # what the nodes let through, the engine takes
+        assert prompt_to_mask(p, 10, 12).any()
 
 
 # ============================================================================================== selection

@@ -203,8 +203,10 @@ def _handle():
 def test_propagate_masks_converts_inputs_and_reports_progress(monkeypatch):
     calls = {}
 
-    def fake_track(model, video, prompts, direction, start, stop, progress, cancel, preset):
-        calls.update(video=video, prompts=prompts, direction=direction, start=start, stop=stop, preset=preset)
+    def fake_track(model, video, prompts, options, progress, cancel):
+        start, stop = options.start, options.stop
+        calls.update(video=video, prompts=prompts, direction=options.direction, start=start, stop=stop,
+                     preset=options.settings)
         tr = Tracks(video.num_frames, video.height, video.width)
         for p in prompts:
             if p.obj_id not in tr:
@@ -238,6 +240,12 @@ def test_propagate_masks_converts_inputs_and_reports_progress(monkeypatch):
         N.PropagateMasks.execute(model="nope", prompts=prompts, images=images)
     with pytest.raises(ValueError, match="outside the processed range"):
         N.PropagateMasks.execute(model=_handle(), prompts=prompts, images=images, start_frame=2)
+    calls.clear()
+    edge = N.PromptTarget.execute(frame_index=0, object_id=0, positive_coords="[[10, 2]]").args[0]
+    with pytest.raises(ValueError, match=r"positive_coords \(PromptTarget, object 1, frame 0\): point \(10, 2\) "
+                                         r"lies outside the 10x8 frame"):
+        N.PropagateMasks.execute(model=_handle(), prompts=edge, images=images)
+    assert not calls  # refused before the engine runs
 
 
 def test_cancel_becomes_a_comfy_interrupt(monkeypatch):
@@ -274,8 +282,9 @@ def test_panoptic_from_core_video_streams_file(tmp_path, monkeypatch):
     _write_video(path)
     seen = {}
 
-    def fake_segment(model, video, task, vocabulary, progress, cancel, start, stop):
-        seen.update(kind=video.kind, n=video.num_frames, task=task, vocabulary=vocabulary, start=start, stop=stop)
+    def fake_segment(model, video, task, vocabulary, options, progress, cancel):
+        seen.update(kind=video.kind, n=video.num_frames, task=task, vocabulary=vocabulary, start=options.start,
+                    stop=options.stop)
         tr = Tracks(video.num_frames, video.height, video.width)
         tr.add_object(1, "person")
         tr.set_mask(0, 1, np.ones((video.height, video.width), bool))
@@ -292,6 +301,15 @@ def test_panoptic_from_core_video_streams_file(tmp_path, monkeypatch):
     N.PanopticVideo.execute(model=_handle(), video=trimmed, vocabulary="ytvis21")
     assert seen["kind"] == "file" and 2 <= seen["n"] <= 4 and seen["vocabulary"] == "ytvis21"
     assert not list((tmp_path / "temp").glob("univs_trim_*")), "temporary trimmed copy must be removed"
+
+
+def test_vocabulary_choices_are_the_engines_own_list():
+    """The node kept a hard-coded copy of the list for when the import failed (it lacked 'viposeg')."""
+    from univs_engine.vocabularies import vocabulary_names
+
+    schema = N.PanopticVideo.GET_SCHEMA()
+    (vocab,) = [i for i in schema.inputs if i.id == "vocabulary"]
+    assert list(vocab.options) == ["model default"] + vocabulary_names() + ["custom"]
 
 
 def test_outputs_never_depend_on_the_graph():

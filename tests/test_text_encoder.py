@@ -184,6 +184,32 @@ def test_category_memory_cache(small, monkeypatch):
     assert torch.allclose(penc2.encode_categories(NAMES[:2]), base * 2, atol=1e-5)
 
 
+def test_category_memory_cache_is_a_bounded_lru_on_the_cpu(small, monkeypatch):
+    penc = TextPromptEncoder(small)
+    computed = []
+
+    def fake(names, clean):
+        computed.append(names[0])
+        return torch.full((len(names), penc.embed_dim), float(len(computed)), dtype=small.dtype)
+
+    monkeypatch.setattr(penc, "_compute_categories", fake)
+    vocab = [[f"class {i}"] for i in range(TextPromptEncoder.MEMORY_ENTRIES + 4)]
+    for v in vocab:
+        penc.encode_categories(v)
+    assert TextPromptEncoder.MEMORY_ENTRIES == 16 and len(penc._memory) == 16  # the 4 oldest were dropped
+    assert all(t.device.type == "cpu" for t in penc._memory.values())
+    penc.encode_categories(vocab[4])  # the oldest kept one becomes the most recent...
+    penc.encode_categories(vocab[0])  # ...so a dropped one, computed again, evicts vocab[5] instead
+    assert computed[-1] == "class 0" and len(computed) == len(vocab) + 1
+    penc.encode_categories(vocab[4])
+    assert len(computed) == len(vocab) + 1  # still cached
+    penc.encode_categories(vocab[5])
+    assert computed[-1] == "class 5"  # it had been evicted
+    out = penc.encode_categories(vocab[4])
+    out.zero_()  # callers get copies, on the encoder's device and dtype
+    assert penc.encode_categories(vocab[4]).abs().sum() > 0 and out.dtype == small.dtype
+
+
 def test_category_disk_cache(small, tmp_path, monkeypatch):
     penc = TextPromptEncoder(small, cache_dir=tmp_path)
     emb = penc.encode_categories(NAMES)

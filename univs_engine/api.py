@@ -28,8 +28,10 @@ from .inference import core
 from .inference.core import Cancelled, ClipGeometry
 from .inference.vos import PromptedClipLoop, StuffHelp, TextTargets
 from .io.video import VideoSource, preprocess_frames
+from .masks import binary_mask
 from .modeling.univs import UniVS
 from .presets import TaskSettings, get_settings
+from .prompt_checks import check_box, check_point
 from .results import Tracks
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -307,11 +309,11 @@ def prompt_to_mask(p: Prompt, height: int, width: int) -> np.ndarray | None:
         return None
     region = np.zeros((height, width), bool)
     if p.mask is not None:
-        region |= _checked_mask(p.mask, height, width, f"mask of object {p.obj_id}")
+        region |= binary_mask(p.mask, height, width, f"mask of object {p.obj_id}")
     if p.scribble is not None:
-        region |= _checked_mask(p.scribble, height, width, f"scribble of object {p.obj_id}")
+        region |= binary_mask(p.scribble, height, width, f"scribble of object {p.obj_id}")
     if p.box is not None:
-        x0, y0, x1, y1 = _checked_box(p.box, height, width, p.obj_id)
+        x0, y0, x1, y1 = check_box(p.box, width, height, f"object {p.obj_id}")
         region[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))] = True
     labels = list(p.point_labels) or [1] * len(p.points)
     if len(labels) != len(p.points):
@@ -320,35 +322,13 @@ def prompt_to_mask(p: Prompt, height: int, width: int) -> np.ndarray | None:
     radius = max(2, round(0.04 * min(height, width)))
     yy, xx = np.ogrid[:height, :width]
     for (x, y), lab in zip(p.points, labels):
-        if not (0 <= x < width and 0 <= y < height):
-            raise ValueError(f"object {p.obj_id}: point ({x}, {y}) lies outside the {width}x{height} frame")
+        x, y = check_point(x, y, width, height, f"object {p.obj_id}")
         disk = (xx - x) ** 2 + (yy - y) ** 2 <= radius ** 2
         region = region | disk if lab else region & ~disk
     if not region.any():
         raise ValueError(f"object {p.obj_id} on frame {p.frame}: the prompt selects no pixel "
                          f"(give a positive point, a box, a scribble or a non-empty mask)")
     return region
-
-
-def _checked_mask(mask, height, width, what) -> np.ndarray:
-    m = np.asarray(mask)
-    if m.ndim == 3 and m.shape[0] == 1:
-        m = m[0]
-    if m.shape != (height, width):
-        raise ValueError(f"{what} has size {m.shape[::-1] if m.ndim == 2 else m.shape} but the video frames are "
-                         f"{width}x{height}; resize the mask to the frame size")
-    if m.dtype.kind == "f" and np.isnan(m).any():
-        raise ValueError(f"{what} contains NaN")
-    return m > 0.5 if m.dtype.kind == "f" else m.astype(bool)
-
-
-def _checked_box(box, height, width, obj_id):
-    x0, y0, x1, y1 = map(float, box)
-    if not (x1 > x0 and y1 > y0):
-        raise ValueError(f"object {obj_id}: box {box} must be (x0, y0, x1, y1) with x1 > x0 and y1 > y0")
-    if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
-        raise ValueError(f"object {obj_id}: box {box} lies outside the {width}x{height} frame")
-    return x0, y0, x1, y1
 
 
 @torch.no_grad()

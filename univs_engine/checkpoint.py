@@ -13,7 +13,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_file, temp_file
 from .config import PRESETS, UniVSConfig, get_config
 
 MODEL_PREFIXES = ("backbone.", "sem_seg_head.")
@@ -322,29 +322,13 @@ def atomic_write(dst: str | os.PathLike, write: Callable[[str], None]) -> Path:
     if dst.is_dir():
         raise CheckpointWriteError(f"cannot write {dst}: it is a folder; give a file name (e.g. "
                                    f"{dst / 'model.safetensors'})")
-    tmp = None
     try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-        os.close(fd)
-        write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, dst)
-        tmp = None
+        with atomic_file(dst, fsync=True) as tmp:
+            write(str(tmp))
     except (OSError, SafetensorError) as e:
         if isinstance(e, CheckpointWriteError):
             raise
         raise _write_error(dst, e) from e
-    finally:
-        if tmp is not None:
-            try:
-                Path(tmp).unlink(missing_ok=True)
-            except OSError:
-                pass
     return dst
 
 
@@ -353,9 +337,7 @@ def probe_writable(dst: str | os.PathLike) -> None:
     dst = Path(dst)
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".probe", dir=dst.parent)
-        os.close(fd)
-        os.unlink(tmp)
+        temp_file(dst, ".probe").unlink()
     except OSError as e:
         raise _write_error(dst, e) from e
 

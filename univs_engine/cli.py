@@ -215,18 +215,22 @@ def prompts_from_args(args, source, start: int = 0, stop: int | None = None) -> 
 
 
 def _option_prompts(args, source, obj: int, start: int, stop: int) -> list:
-    """One target from the click/box/mask options, one per --text; ids from ``obj`` on."""
+    """One target from the click/box/mask options, one per --text; ids from ``obj`` on. Clicks and the box
+    are held to the engine's rules (univs_engine/prompt_checks.py) here, before the model is loaded."""
     from .api import Prompt
+    from .prompt_checks import check_box, check_points
 
     frame = start if args.frame is None else args.frame
     if not start <= frame < stop:
         raise ValueError(f"--frame {frame}: outside the frames processed, {start}..{stop - 1}")
     out = []
     if args.points or args.box or args.mask:
-        pts = _inside(args.points or [], "--points", source)
-        neg = _inside(args.neg_points or [], "--neg-points", source)
+        size = source.width, source.height
+        pts = check_points(args.points or [], *size, "--points")
+        neg = check_points(args.neg_points or [], *size, "--neg-points")
+        box = None if args.box is None else check_box(args.box, *size, "--box")
         mask = read_mask(args.mask, source) if args.mask else None
-        out.append(Prompt(obj, frame, "target", pts + neg, [1] * len(pts) + [0] * len(neg), args.box, mask))
+        out.append(Prompt(obj, frame, "target", pts + neg, [1] * len(pts) + [0] * len(neg), box, mask))
     for label, expr in args.text or []:
         out.append(Prompt(obj + len(out), frame, label, text=expr))
     return out
@@ -243,13 +247,6 @@ def _check_prompts(prompts: list, args, start: int, stop: int) -> None:
     if outside:
         raise ValueError(f"--prompts {args.prompts}: object {outside[0].obj_id} is prompted on frame "
                          f"{outside[0].frame}, outside the frames processed, {start}..{stop - 1} (--start/--stop)")
-
-
-def _inside(points: list, flag: str, source) -> list:
-    for x, y in points:
-        if not (0 <= x <= source.width and 0 <= y <= source.height):
-            raise ValueError(f"{flag}: ({x:g}, {y:g}) lies outside the {source.width}x{source.height} frame")
-    return points
 
 
 def read_mask(path: str, source):
@@ -399,7 +396,7 @@ def run(args, model, source, prompts, frames: tuple[int, int], stop: Interrupts)
     """-> (tracks, None) when complete, (tracks so far, why it stopped) when stopped early."""
     from tqdm import tqdm
 
-    from .api import Cancelled, segment, track
+    from .api import Cancelled, RunOptions, segment, track
 
     guard = FrameGuard(source)
     bar = tqdm(total=frames[1] - frames[0], unit="frame", desc=f"univs {args.task}")
@@ -414,10 +411,12 @@ def run(args, model, source, prompts, frames: tuple[int, int], stop: Interrupts)
     stop.running = True
     try:
         if prompts is not None:
-            tracks = track(model, guard.source, prompts, args.direction or "forward", frames[0], frames[1], progress,
-                           cancel, preset=args.task)
+            options = RunOptions(frames[0], frames[1], args.direction or "forward", args.task)
+            tracks = track(model, guard.source, prompts, options, progress=progress, cancel=cancel)
         else:
-            tracks = segment(model, guard.source, TASKS[args.task], args.classes, progress, cancel, *frames)
+            options = RunOptions(*frames, settings=args.task)
+            tracks = segment(model, guard.source, TASKS[args.task], args.classes, options, progress=progress,
+                             cancel=cancel)
         why = None
     except Cancelled as c:
         tracks, why = c.tracks, stop.name

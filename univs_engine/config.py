@@ -48,7 +48,8 @@ class TextEncoderConfig:
 
 @dataclass(frozen=True)
 class UniVSConfig:
-    """Everything that fixes tensor shapes. Inference knobs live in presets of the sessions."""
+    """Everything that fixes tensor shapes. Inference knobs (clip length, input size, thresholds) are the
+    TaskSettings of univs_engine/presets.py."""
 
     name: str = "r50"
     backbone: ResNetConfig | SwinConfig = field(default_factory=ResNetConfig)

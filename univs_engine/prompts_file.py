@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .parsing import integer, number, parse_json
+from .prompt_checks import check_box, check_point
 
 __all__ = ["MAX_FILE_BYTES", "MAX_OBJECTS", "MAX_POINTS", "read_prompts_file", "parse_prompts"]
 
@@ -92,7 +93,7 @@ def _object_prompt(o: Any, where: str, use_text: bool, video: tuple[int, int, in
         return Prompt(oid, frame, label, mask=_rle_mask(p["mask_rle"], f"{where}.mask_rle", height, width))
     pos = _points(p.get("points"), f"{where}.points", height, width)
     neg = _points(p.get("negative_points"), f"{where}.negative_points", height, width)
-    box = None if p.get("box") is None else _box(p["box"], f"{where}.box")
+    box = None if p.get("box") is None else _box(p["box"], f"{where}.box", height, width)
     if not pos and box is None:
         raise ValueError(f"{where}: no target: give points, a box or mask_rle"
                          + (" (or an expression)" if use_text else ""))
@@ -110,17 +111,15 @@ def _points(value: Any, where: str, height: int, width: int) -> list[tuple[float
     for k, pt in enumerate(value):
         if not isinstance(pt, list) or len(pt) != 2:
             raise ValueError(f"{where}[{k}]: must be an [x, y] pair, got {str(pt)[:40]}")
-        out.append((number(pt[0], f"{where}[{k}] x", 0, width), number(pt[1], f"{where}[{k}] y", 0, height)))
+        x, y = number(pt[0], f"{where}[{k}] x"), number(pt[1], f"{where}[{k}] y")
+        out.append(check_point(x, y, width, height, f"{where}[{k}]"))
     return out
 
 
-def _box(value: Any, where: str) -> tuple[float, float, float, float]:
+def _box(value: Any, where: str, height: int, width: int) -> tuple[float, float, float, float]:
     if not isinstance(value, list) or len(value) != 4:
         raise ValueError(f"{where}: must be [x0, y0, x1, y1], got {str(value)[:60]}")
-    x0, y0, x1, y1 = (number(v, f"{where}[{k}]") for k, v in enumerate(value))
-    if x1 <= x0 or y1 <= y0:
-        raise ValueError(f"{where}: [{x0:g}, {y0:g}, {x1:g}, {y1:g}] is empty or inverted (need x1 > x0, y1 > y0)")
-    return x0, y0, x1, y1
+    return check_box([number(v, f"{where}[{k}]") for k, v in enumerate(value)], width, height, where)
 
 
 def _rle_mask(rle: Any, where: str, height: int, width: int) -> np.ndarray:

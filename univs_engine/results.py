@@ -33,7 +33,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -41,6 +40,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from . import rle as _rle
+from .atomic import atomic_file
+from .masks import binary_mask
 
 __all__ = ["ObjectInfo", "Tracks", "object_color"]
 
@@ -67,20 +68,6 @@ class ObjectInfo:
     isthing: bool = True
     score: float = 1.0
     color: tuple[int, int, int] = field(default=(0, 0, 0))
-
-
-def _to_numpy_mask(mask: Any, height: int, width: int) -> np.ndarray:
-    """Validate a [H, W] bool/integer mask (numpy or torch) and return it as numpy bool."""
-    if hasattr(mask, "detach"):
-        mask = mask.detach().cpu().numpy()
-    arr = np.asarray(mask)
-    if arr.shape != (height, width):
-        raise ValueError(f"mask shape {arr.shape} does not match the video size ({height}, {width})")
-    if arr.dtype != np.bool_:
-        if not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"mask must be bool (or integer 0/1), got dtype {arr.dtype}; threshold logits first")
-        arr = arr != 0
-    return arr
 
 
 def _compact(counts: np.ndarray) -> np.ndarray:
@@ -185,7 +172,7 @@ class Tracks:
         """Store (overwrite) the mask of ``obj_id`` in ``frame_idx``; an empty mask clears the entry."""
         f = self._check_frame(frame_idx)
         oid = self._require(obj_id)
-        arr = _to_numpy_mask(mask, self.height, self.width)
+        arr = binary_mask(mask, self.height, self.width, "mask", floats="refuse", squeeze=False)
         self._store(f, oid, _rle.rle_encode(arr), confidence)
 
     def set_masks(self, frame_idx: int, obj_ids: Sequence[int], masks: Any, confidences: Sequence[float] | None = None) -> None:
@@ -406,21 +393,8 @@ class Tracks:
             "counts": counts,
             "segmented": np.packbits(self._segmented),
         }
-        from .io.writers import normal_mode  # noqa: PLC0415  (io imports this module)
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-                fh.flush()
-                os.fsync(fh.fileno())
-            normal_mode(tmp)  # mkstemp makes 0600; a results file gets the user's usual mode
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_file(path, fsync=True) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
         return path
 
     @classmethod

@@ -22,6 +22,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .masks import binary_mask
+
 __all__ = [
     "rle_encode",
     "rle_decode",
@@ -40,17 +42,8 @@ _COUNT_DTYPE = np.uint32
 
 
 def _as_bool_mask(mask: Any) -> np.ndarray:
-    """Return ``mask`` as a 2-D numpy bool array (accepts numpy or torch, bool or integer)."""
-    if hasattr(mask, "detach"):  # torch.Tensor without importing torch here
-        mask = mask.detach().cpu().numpy()
-    arr = np.asarray(mask)
-    if arr.ndim != 2:
-        raise ValueError(f"mask must be 2-D [H, W], got shape {arr.shape}")
-    if arr.dtype != np.bool_:
-        if not (np.issubdtype(arr.dtype, np.integer)):
-            raise ValueError(f"mask must be bool or integer (threshold float masks first), got dtype {arr.dtype}")
-        arr = arr != 0
-    return arr
+    """``mask`` (numpy or torch, bool or integer) as a 2-D numpy bool array; float masks are refused."""
+    return binary_mask(mask, floats="refuse", squeeze=False)
 
 
 def rle_encode(mask: Any) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Text side of UniVS prompts: string cleaning, CLIP BPE tokenization and the 81 prompt templates.
 
-Behaviour follows the official UniVS pipeline (see design/univs_facts.md §2.5, §2.6):
+Behaviour follows the official UniVS pipeline:
 
 * expressions are cleaned by the dataset mapper (`clean_strings`) before they reach the text encoder;
 * each string is put into the 81 prompt templates; for category names the name is first stripped of
@@ -277,8 +277,3 @@ def tokenize_categories(names: Sequence[str], clean: bool = True) -> torch.Tenso
     names = [clean_string(n.strip()) if clean else n for n in names]
     flat = [p for n in names for p in category_prompts(n)]
     return tok(flat).view(len(names), NUM_TEMPLATES, tok.context_length)
-
-
-def expression_word_length(expression: str) -> int:
-    """UniVS' `exp_word_len` (number of space-separated words + 5); computed by the official code, never used."""
-    return len(expression.split(" ")) + 5

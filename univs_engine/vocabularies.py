@@ -13,7 +13,8 @@ from typing import Dict, List, Tuple
 
 import torch
 
-# name -> (number of classes, first row) in the official combined embedding file (facts §2.6).
+# name -> (number of classes, first row) in the official combined embedding file: each dataset's classes are
+# one contiguous block of rows, in the order of combined_datasets.txt (datasets sharing a class list share rows).
 COMBINED_INDEX: Dict[str, Tuple[int, int]] = {
     "imagenet": (1000, 0),
     "lvis": (1203, 1000),

@@ -30,13 +30,14 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+
+from ..atomic import atomic_file
 
 __all__ = [
     "THING_CLASSES", "STUFF_CLASSES", "CLASSES", "NUM_THING_CLASSES", "STUFF_ID_OFFSET",
@@ -732,56 +733,30 @@ def generate_dataset(seed: int, n_videos: int, config: SyntheticConfig | None = 
 # ----------------------------------------------------------------------------------------------------
 # Writing: mp4 (H.264 via PyAV) + JSON sidecar, both atomically
 # ----------------------------------------------------------------------------------------------------
-def _atomic_target(path: Path, suffix: str) -> str:
-    """A temporary file next to ``path`` (same file system, so os.replace is atomic), mode 0666 & ~umask."""
-    from ..io.writers import normal_mode  # noqa: PLC0415
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    normal_mode(tmp)
-    return tmp
-
-
 def write_mp4(frames: np.ndarray, path: str | os.PathLike, fps: float = 12.0, crf: int = 28) -> None:
     """Encode uint8 RGB frames [T, H, W, 3] as H.264/yuv420p mp4 (H and W must be even)."""
     import av  # noqa: PLC0415  (optional dependency, only needed for writing)
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     T, H, W, _ = frames.shape
     if H % 2 or W % 2:
         raise ValueError("H.264 with yuv420p needs even frame sizes")
-    tmp = _atomic_target(path, ".mp4")
-    try:
-        with av.open(tmp, mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=int(round(fps)))
-            stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-            stream.options = {"crf": str(crf), "preset": "medium"}
-            for f in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
+    with atomic_file(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=int(round(fps)))
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "medium"}
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
                 container.mux(packet)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        for packet in stream.encode():
+            container.mux(packet)
 
 
 def _write_json(obj: Any, path: Path) -> None:
-    tmp = _atomic_target(path, ".json")
-    try:
-        text = json.dumps(obj, indent=1)
-        # keep purely numeric lists (points, boxes, RLE counts) on one line
-        text = re.sub(r"\[[\d\s,.\-\[\]]*\]", lambda m: re.sub(r"\s+", "", m.group(0)).replace(",", ", "), text)
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    text = json.dumps(obj, indent=1)
+    # keep purely numeric lists (points, boxes, RLE counts) on one line
+    text = re.sub(r"\[[\d\s,.\-\[\]]*\]", lambda m: re.sub(r"\s+", "", m.group(0)).replace(",", ", "), text)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text + "\n", encoding="utf-8")
 
 
 def write_sample(out: str | os.PathLike, seed: int = 7, frames: int = 48, width: int = 320, height: int = 240,

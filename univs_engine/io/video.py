@@ -9,7 +9,7 @@
 * reverse iteration (backward propagation) decodes chunks of at most ``reverse_chunk_bytes`` of RGB frames and
   yields each chunk backwards.
 
-Preprocessing follows detectron2 at test time (facts §4): ``ResizeShortestEdge`` shape rule, Pillow's own
+Preprocessing follows detectron2 at test time: ``ResizeShortestEdge`` shape rule, Pillow's own
 ``BILINEAR`` resize of uint8 frames (bit-exact, spread over threads), per-channel normalisation, zero padding
 bottom/right to a multiple of ``size_divisibility`` (or to a fixed square).
 """

@@ -2,9 +2,10 @@
 
 Every writer takes one frame at a time and never holds the whole video. Outputs are written atomically:
 
-* single files (videos, JSON) go to a hidden temp file in the destination folder and are moved into place with
-  ``os.replace`` on :meth:`close`;
-* PNG sequences are written into a hidden temp folder next to the destination and renamed on :meth:`close`.
+* single files (videos, JSON) go to a hidden temp file in the destination folder and are moved into place on
+  :meth:`close` (:class:`univs_engine.atomic.AtomicFile`);
+* PNG sequences are written into a hidden temp folder next to the destination and renamed on :meth:`close`
+  (:class:`univs_engine.atomic.AtomicDir`).
 
 An existing destination is never replaced silently: constructors raise ``FileExistsError`` unless
 ``overwrite=True``, and a destination that is a symbolic link is always refused (a write never follows a link
@@ -23,15 +24,15 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
-import tempfile
-import uuid
 import warnings
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
+
+from ..atomic import AtomicDir, AtomicFile
+from ..masks import binary_mask, mask_array
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..results import Tracks
@@ -53,7 +54,6 @@ __all__ = [
     "write_ytvis_json",
     "write_json",
     "save_tracks",
-    "normal_mode",
     "export_mask_pngs",
     "export_id_pngs",
     "export_color_pngs",
@@ -80,79 +80,16 @@ def available_encoders() -> dict[str, bool]:
     return {name: _has_encoder(name) for name in _KNOWN_ENCODERS}
 
 
-# =============================================================================================== atomic targets
-def _refuse_existing(path: Path, overwrite: bool) -> None:
-    if path.is_symlink():
-        raise FileExistsError(f"{path} is a symbolic link; refusing to write through it (remove it first)")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def normal_mode(path: str | os.PathLike[str]) -> None:
-    """Give a file or folder made private by ``tempfile`` the permissions of an ordinary new one (umask applied)."""
-    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
-
-
-class _AtomicFile:
-    """A hidden temp file next to ``path`` that replaces ``path`` on :meth:`commit`."""
-
-    def __init__(self, path: str | os.PathLike[str], overwrite: bool) -> None:
-        self.path = Path(path)
-        self.overwrite = overwrite
-        _refuse_existing(self.path, overwrite)
-        if self.path.is_dir():
-            raise IsADirectoryError(f"{self.path} is a folder")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.stem}.tmp-{uuid.uuid4().hex[:8]}{self.path.suffix}")
-
-    def commit(self) -> Path:
-        _refuse_existing(self.path, self.overwrite)  # created meanwhile by someone else?
-        os.replace(self.tmp, self.path)
-        return self.path
-
-    def abort(self) -> None:
-        if self.tmp.exists():
-            self.tmp.unlink()
-
-
-class _AtomicDir:
-    """A hidden temp folder next to ``path`` that is renamed to ``path`` on :meth:`commit`."""
-
-    def __init__(self, path: str | os.PathLike[str], overwrite: bool) -> None:
-        self.path = Path(path)
-        self.overwrite = overwrite
-        _refuse_existing(self.path, overwrite)
-        if self.path.exists() and not self.path.is_dir():
-            raise NotADirectoryError(f"{self.path} exists and is not a folder")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
-        normal_mode(self.tmp)  # mkdtemp makes it 0700
-
-    def commit(self) -> Path:
-        _refuse_existing(self.path, self.overwrite)
-        old = None
-        if self.path.exists():
-            old = self.path.with_name(f".{self.path.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(self.path, old)
-        os.replace(self.tmp, self.path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return self.path
-
-    def abort(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+def _atomic_file(path: str | os.PathLike[str], overwrite: bool) -> AtomicFile:
+    """The temp file of a writer: never through a symbolic link, the target's extension kept (PyAV picks the
+    container from it)."""
+    return AtomicFile(path, overwrite=overwrite, refuse_symlink=True, suffix=".tmp" + Path(path).suffix)
 
 
 class _Writer:
     """Context-manager plumbing shared by all writers (commit on success, discard on error)."""
 
-    _target: _AtomicFile | _AtomicDir
+    _target: AtomicFile | AtomicDir
     _closed = False
 
     def _finish(self) -> None:
@@ -231,15 +168,6 @@ def _frame_name(frame_idx: int, frame_names: Sequence[str] | None) -> str:
     return f"{frame_idx:05d}.png"
 
 
-def _as_mask(mask: Any, shape: tuple[int, int] | None, what: str) -> np.ndarray:
-    if hasattr(mask, "detach"):
-        mask = mask.detach().cpu().numpy()
-    m = np.asarray(mask)
-    if m.ndim != 2 or (shape is not None and m.shape != shape):
-        raise ValueError(f"{what}: expected a [H, W] array{'' if shape is None else f' of shape {shape}'}, got {m.shape}")
-    return m
-
-
 class _PngSequence(_Writer):
     def __init__(
         self,
@@ -248,7 +176,7 @@ class _PngSequence(_Writer):
         overwrite: bool,
         compress_level: int,
     ) -> None:
-        self._target = _AtomicDir(out_dir, overwrite)
+        self._target = AtomicDir(out_dir, overwrite=overwrite)
         self.frame_names = frame_names
         self.compress_level = compress_level
         self.files_written = 0
@@ -283,7 +211,7 @@ class MaskPngWriter(_PngSequence):
         """Write the mask of one object in one frame."""
         from PIL import Image  # noqa: PLC0415
 
-        m = _as_mask(mask, None, f"mask of object {obj_id}, frame {frame_idx}") != 0
+        m = binary_mask(mask, what=f"mask of object {obj_id}, frame {frame_idx}", floats="nonzero", squeeze=False)
         if self.bit_depth == 8:
             img = Image.fromarray(m.astype(np.uint8) * np.uint8(255))
         else:
@@ -322,7 +250,7 @@ class IdPngWriter(_PngSequence):
         """Write the id map ``[H, W]`` of one frame."""
         from PIL import Image  # noqa: PLC0415
 
-        ids = _as_mask(id_map, None, f"id map of frame {frame_idx}").astype(np.int64)
+        ids = mask_array(id_map, what=f"id map of frame {frame_idx}", squeeze=False).astype(np.int64)
         lo, hi = (int(ids.min()), int(ids.max())) if ids.size else (0, 0)
         limit = {"palette": 255, "gray8": 255, "gray16": 65535, "panoptic_rgb": (1 << 24) - 1}[self.mode]
         if lo < 0 or hi > limit:
@@ -362,28 +290,29 @@ class ColorPngWriter(_PngSequence):
 
 
 # =============================================================================================== video writers
+def _first_encoder(path, names: list[str], what: str) -> str:
+    """The first of `names` this PyAV/FFmpeg build has (a warning when it is not the preferred first one)."""
+    usable = [c for c in names if _has_encoder(c)]
+    if not usable:
+        raise RuntimeError(f"{path}: no {what} in this PyAV/FFmpeg build (tried {names}); "
+                           f"available: {[k for k, v in available_encoders().items() if v]}")
+    if usable[0] != names[0]:
+        warnings.warn(f"{names[0]} encoder unavailable; writing {path} with {usable[0]}", stacklevel=3)
+    return usable[0]
+
+
 class _VideoFile(_Writer):
     """PyAV encoder writing into an atomic temp file."""
 
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        width: int,
-        height: int,
-        fps: float,
-        codec: str,
-        pix_fmt: str,
-        options: dict[str, str],
-        overwrite: bool,
-        container_options: dict[str, str] | None = None,
-    ) -> None:
+    def __init__(self, path: str | os.PathLike[str], width: int, height: int, fps: float, codec: str, pix_fmt: str,
+                 options: dict[str, str], overwrite: bool, container_options: dict[str, str] | None = None) -> None:
         import av  # noqa: PLC0415
 
         if width <= 0 or height <= 0:
             raise ValueError(f"invalid video size {width}x{height}")
         if not fps or fps <= 0:
             raise ValueError(f"invalid fps {fps}")
-        self._target = _AtomicFile(path, overwrite)
+        self._target = _atomic_file(path, overwrite)
         self.width, self.height, self.fps = int(width), int(height), float(fps)
         self.codec, self.pix_fmt = codec, pix_fmt
         self.frames_written = 0
@@ -449,15 +378,8 @@ class AlphaVideoWriter(_VideoFile):
     docstring is used with a warning; if none is available a ``RuntimeError`` names what is missing.
     """
 
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        width: int,
-        height: int,
-        fps: float,
-        overwrite: bool = False,
-        codec: str | None = None,
-    ) -> None:
+    def __init__(self, path: str | os.PathLike[str], width: int, height: int, fps: float, overwrite: bool = False,
+                 codec: str | None = None) -> None:
         suffix = Path(path).suffix.lower()
         if suffix not in _ALPHA_CODECS:
             raise ValueError(f"{path}: alpha videos must be .mov (ProRes 4444) or .webm (VP9), got {suffix!r}")
@@ -466,15 +388,8 @@ class AlphaVideoWriter(_VideoFile):
             chain = tuple(c for c in chain if c[0] == codec)
             if not chain:
                 raise ValueError(f"codec {codec!r} is not an alpha codec for {suffix} ({[c[0] for c in _ALPHA_CODECS[suffix]]})")
-        usable = [c for c in chain if _has_encoder(c[0])]
-        if not usable:
-            raise RuntimeError(
-                f"{path}: no alpha-capable encoder for {suffix} in this PyAV/FFmpeg build "
-                f"(tried {[c[0] for c in chain]}); available: {[k for k, v in available_encoders().items() if v]}"
-            )
-        name, pix, opts = usable[0]
-        if name != chain[0][0]:
-            warnings.warn(f"{chain[0][0]} encoder unavailable; writing {path} with {name} ({pix})", stacklevel=2)
+        name = _first_encoder(path, [c[0] for c in chain], f"alpha-capable encoder for {suffix}")
+        _, pix, opts = next(c for c in chain if c[0] == name)
         super().__init__(path, width, height, fps, name, pix, opts, overwrite)
 
     def write(self, alpha: Any, rgb: Any | None = None, color: tuple[int, int, int] = (255, 255, 255)) -> None:
@@ -483,8 +398,8 @@ class AlphaVideoWriter(_VideoFile):
         ``alpha``: ``[H, W]`` bool mask (-> 0/255) or uint8 alpha values (soft mattes); ``rgb``: uint8
         ``[H, W, 3]`` colour, or None for a flat ``color``.
         """
-        a = _as_mask(alpha, (self.height, self.width), f"{self.path}: alpha")
-        a8 = a if a.dtype == np.uint8 else (a != 0).astype(np.uint8) * np.uint8(255)
+        a = mask_array(alpha, self.height, self.width, f"{self.path}: alpha", squeeze=False)
+        a8 = a if a.dtype == np.uint8 else binary_mask(a, floats="nonzero").astype(np.uint8) * np.uint8(255)
         rgba = np.empty((self.height, self.width, 4), dtype=np.uint8)
         if rgb is None:
             rgba[..., :3] = np.asarray(color, dtype=np.uint8)
@@ -503,26 +418,10 @@ class OverlayVideoWriter(_VideoFile):
     H.264 yuv420p needs even sizes: odd frames are padded by one replicated row/column at the bottom/right.
     """
 
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        width: int,
-        height: int,
-        fps: float,
-        overwrite: bool = False,
-        crf: int = 20,
-        codec: str | None = None,
-    ) -> None:
+    def __init__(self, path: str | os.PathLike[str], width: int, height: int, fps: float, overwrite: bool = False,
+                 crf: int = 20, codec: str | None = None) -> None:
         chain = [c for c in ("libx264", "mpeg4") if codec is None or c == codec]
-        usable = [c for c in chain if _has_encoder(c)]
-        if not usable:
-            raise RuntimeError(
-                f"{path}: no encoder among {chain} in this PyAV/FFmpeg build; "
-                f"available: {[k for k, v in available_encoders().items() if v]}"
-            )
-        name = usable[0]
-        if name != chain[0]:
-            warnings.warn(f"{chain[0]} encoder unavailable; writing {path} with {name}", stacklevel=2)
+        name = _first_encoder(path, chain, "encoder")
         opts = {"crf": str(int(crf)), "preset": "veryfast"} if name == "libx264" else {"qscale": "3"}
         self._pad = name == "libx264"
         suffix = Path(path).suffix.lower()
@@ -608,8 +507,12 @@ class YtvisJsonWriter(_Writer):
     """Streams YouTube-VIS results (a JSON list) into ``path``; add videos one at a time."""
 
     def __init__(self, path: str | os.PathLike[str], overwrite: bool = False) -> None:
-        self._target = _AtomicFile(path, overwrite)
-        self._fh = open(self._target.tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed in _finish/_discard
+        self._target = _atomic_file(path, overwrite)
+        try:
+            self._fh = open(self._target.tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed in _finish/_discard
+        except BaseException:
+            self._target.abort()
+            raise
         self._fh.write("[")
         self.count = 0
 
@@ -662,24 +565,16 @@ def write_ytvis_json(
 
 def write_json(path: str | os.PathLike[str], data: Any, overwrite: bool = False) -> Path:
     """Write ``data`` as indented JSON atomically (never through a symbolic link)."""
-    target = _AtomicFile(path, overwrite)
-    try:
-        target.tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-        return target.commit()
-    except BaseException:
-        target.abort()
-        raise
+    with _atomic_file(path, overwrite) as tmp:
+        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    return Path(path)
 
 
 def save_tracks(tracks: "Tracks", path: str | os.PathLike[str], overwrite: bool = False) -> Path:
     """``Tracks.save`` atomically, never through a symbolic link, with ordinary file permissions."""
-    target = _AtomicFile(path, overwrite)
-    try:
-        tracks.save(target.tmp)
-        return target.commit()
-    except BaseException:
-        target.abort()
-        raise
+    with _atomic_file(path, overwrite) as tmp:
+        tracks.save(tmp)
+    return Path(path)
 
 
 # =============================================================================================== exports from Tracks

@@ -1,7 +1,7 @@
 """Visual prompt encoder: parameter-free sampling of prompt tokens from the 1/8 decoder level.
 
 A target given as a mask (points, boxes and scribbles are turned into masks first, see
-`univs_engine.prompts`) becomes R tokens: R feature vectors of the 1/8 map inside the mask and the 3D
+`prompt_to_mask` in univs_engine/api.py) becomes R tokens: R feature vectors of the 1/8 map inside the mask and the 3D
 positional encodings at the same cells. These tokens are what the memory pool stores.
 """
 from __future__ import annotations

@@ -13,8 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import weakref
+from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..atomic import atomic_file
 from ..config import TextEncoderConfig
 from ..text import (
     CONTEXT_LENGTH,
@@ -156,11 +157,14 @@ class TextPromptEncoder:
         max_tokens: token budget of one forward pass (rows x sequence length) when only EOT features are needed.
     """
 
+    MEMORY_ENTRIES = 16  # vocabularies kept in memory (the least recently used one goes first)
+
     def __init__(self, encoder: TextEncoder, cache_dir: Optional[PathLike] = None, max_tokens: int = 16384):
         self.encoder = encoder
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.max_tokens = int(max_tokens)
-        self._memory: Dict[Tuple[Tuple[str, ...], bool], torch.Tensor] = {}
+        # least recently used first; CPU tensors
+        self._memory: OrderedDict[Tuple[Tuple[str, ...], bool], torch.Tensor] = OrderedDict()
         self._fingerprint: Optional[str] = None
         ref = weakref.ref(self)
 
@@ -259,13 +263,10 @@ class TextPromptEncoder:
     def _write_disk(self, path: Path, emb: torch.Tensor, names: Tuple[str, ...], clean: bool) -> None:
         from safetensors.torch import save_file
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=str(path.parent))
-        os.close(fd)
-        try:
+        with atomic_file(path) as tmp:
             save_file(
                 {"embeddings": emb.detach().to("cpu", torch.float32).contiguous()},
-                tmp,
+                str(tmp),
                 metadata={
                     "weights": self.weights_fingerprint(),
                     "vocabulary": self._vocab_hash(names, clean),
@@ -273,20 +274,13 @@ class TextPromptEncoder:
                     "names": json.dumps(list(names), ensure_ascii=False),
                 },
             )
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
 
     def encode_categories(self, names: Sequence[str], clean: bool = True) -> torch.Tensor:
         """Category embeddings [N, D] exactly as the official concept-embedding extraction computes them: row i =
         unnormalised mean over the 81 templates of the EOT features of ``clean_strings(names[i].strip())``.
 
-        Cached per vocabulary in memory and, with `cache_dir`, on disk (float32). Returns a fresh copy on the
-        encoder's device and dtype.
+        Cached per vocabulary in memory (the `MEMORY_ENTRIES` most recently used, on the CPU) and, with
+        `cache_dir`, on disk (float32). Returns a fresh copy on the encoder's device and dtype.
         """
         if isinstance(names, str):
             names = [names]
@@ -300,8 +294,13 @@ class TextPromptEncoder:
                 emb = self._compute_categories(key[0], clean)
                 if path is not None:
                     self._write_disk(path, emb, key[0], clean)
+            emb = emb.detach().cpu()  # a long session types many vocabularies: keep them off the GPU
             self._memory[key] = emb
-        return emb.to(self.device, self.encoder.dtype).clone()
+            while len(self._memory) > self.MEMORY_ENTRIES:
+                self._memory.popitem(last=False)
+        else:
+            self._memory.move_to_end(key)
+        return emb.to(self.device, self.encoder.dtype, copy=True)
 
     def encode_vocabulary(self, name: str) -> torch.Tensor:
         """Category embeddings of a built-in vocabulary (see `univs_engine.vocabularies`)."""

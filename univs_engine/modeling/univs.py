@@ -24,7 +24,8 @@ class SegHead(nn.Module):
 
 
 class UniVS(nn.Module):
-    """Per-frame encoders plus the clip-level decoder. Sessions (univs_engine.inference) drive it."""
+    """Per-frame encoders plus the clip-level decoder. The clip loops of univs_engine/inference drive it: vos.py for
+    prompted targets, entity.py and semantic.py (run by category.py) for categories."""
 
     def __init__(self, cfg: UniVSConfig):
         super().__init__()

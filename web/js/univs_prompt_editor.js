@@ -324,9 +324,10 @@ class PromptEditor {
       const box = [Math.min(x0, x1), Math.min(y0, y1), Math.max(x0, x1), Math.max(y0, y1)].map((v) => Math.round(v));
       if (box[2] > box[0] && box[3] > box[1]) this.cues(true).box = box;
     } else {
-      const [x, y] = d.start.map((v) => Math.round(v));
+      // a click names a pixel: 0 <= x < W, 0 <= y < H (the backend refuses x = W; boxes may end at W)
+      const { s, W, H } = this.layout();
+      const x = Math.min(W - 1, Math.round(d.start[0])), y = Math.min(H - 1, Math.round(d.start[1]));
       const c = this.cues(true);
-      const { s } = this.layout();
       const hit = c.points.findIndex((p) => Math.hypot((p[0] - x) * s, (p[1] - y) * s) < 7);
       if (hit >= 0) c.points.splice(hit, 1);
       else c.points.push([x, y, d.negative ? 0 : 1]);
