@@ -302,3 +302,55 @@ def test_errors_after_the_model_loads_start_on_their_own_line(capsys, tmp_path, 
     err = capsys.readouterr().err
     assert "\nunivs: error: something the model refused\n" in err and err.count("univs: error") == 1
     assert not (tmp_path / "out").exists()  # the folder made for the run is removed again
+
+
+# ---------------------------------------------------------------------------------------------- univs eval
+def ytvis_files(tmp_path, gt_text: str, results_text: str):
+    (tmp_path / "gt.json").write_text(gt_text)
+    (tmp_path / "res.json").write_text(results_text)
+    return ["eval", "ytvis", "--gt", str(tmp_path / "gt.json"), "--pred", str(tmp_path / "res.json")]
+
+
+GOOD_GT = {"videos": [{"id": 1, "height": 8, "width": 8, "length": 2}], "categories": [{"id": 1}],
+           "annotations": [{"video_id": 1, "category_id": 1, "segmentations": [{"size": [8, 8], "counts": [64]},
+                                                                               None]}]}
+RESULT = {"video_id": 1, "category_id": 1, "score": 0.5,
+          "segmentations": [{"size": [8, 8], "counts": [10, 4, 50]}, None]}
+
+
+@pytest.mark.parametrize("gt, results, words", [
+    ('{"videos": [', "[]", ["ground-truth file", "gt.json", "not valid JSON"]),
+    ("[]", "[]", ["gt.json", "must be a JSON object"]),
+    ('{"videos": 5}', "[]", ["gt.json", "videos must be a list"]),
+    (json.dumps({"videos": [{"id": 1, "height": 8}]}), "[]", ["videos[0]", "'width' is missing"]),
+    (json.dumps({"videos": [{"id": 1, "height": 1e9, "width": 1e9, "length": 2}], "annotations": []}), "[]",
+     ["videos[0].height", "outside the accepted range"]),                    # would allocate 10^18 pixels
+    (json.dumps(GOOD_GT), "{}", ["results file", "res.json", "must be a JSON list"]),
+    (json.dumps(GOOD_GT), json.dumps([{**RESULT, "video_id": 7}]), ["res.json: [0]", "video_id 7 is not a video"]),
+    (json.dumps(GOOD_GT), json.dumps([{**RESULT, "score": "high"}]), ["res.json: [0].score"]),
+    (json.dumps(GOOD_GT), json.dumps([{**RESULT, "segmentations": [None]}]), ["[0].segmentations", "1 frames",
+                                                                              "video has 2"]),
+    (json.dumps(GOOD_GT), json.dumps([{**RESULT, "segmentations": [{"size": [800, 800], "counts": [640000]}, None]}]),
+     ["[0].segmentations[0].size", "differs from the video's frame size [8, 8]"]),
+    (json.dumps(GOOD_GT), json.dumps([{**RESULT, "segmentations": [{"size": [8, 8], "counts": [3, 4]}, None]}]),
+     ["[0].segmentations[0]", "not a valid RLE"]),
+    (json.dumps(GOOD_GT), json.dumps([{**RESULT, "segmentations": "x"}]), ["[0].segmentations", "must be a list"]),
+    (json.dumps(GOOD_GT), "[" * 5000 + "]" * 5000, ["res.json", "nest"]),
+])
+def test_malformed_evaluation_files_end_in_one_line(capsys, tmp_path, gt, results, words):
+    """Were KeyError / TypeError / RecursionError tracebacks."""
+    one_line_error(capsys, ytvis_files(tmp_path, gt, results), *words)
+
+
+def test_a_wellformed_evaluation_file_still_scores(capsys, tmp_path):
+    assert main(ytvis_files(tmp_path, json.dumps(GOOD_GT), json.dumps([RESULT]))) == 0
+    assert "AP" in capsys.readouterr().out
+
+
+def test_davis_evaluation_errors_name_the_folder(capsys, tmp_path):
+    (tmp_path / "gt" / "v1").mkdir(parents=True)
+    Image.fromarray(np.ones((8, 8), np.uint8)).save(tmp_path / "gt" / "v1" / "00000.png")
+    (tmp_path / "pred" / "v1").mkdir(parents=True)
+    (tmp_path / "pred" / "v1" / "00000.png").write_bytes(b"not a png")
+    one_line_error(capsys, ["eval", "davis", "--gt", str(tmp_path / "gt"), "--pred", str(tmp_path / "pred")],
+                   "00000.png")
