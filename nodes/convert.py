@@ -24,6 +24,7 @@ from univs_engine.parsing import int_range, number, parse_json
 
 __all__ = [
     "image_to_uint8",
+    "image_frame_getter",
     "image_frame_to_uint8",
     "uint8_to_image",
     "normalize_mask",
@@ -68,6 +69,17 @@ def _frame_to_uint8(frame: torch.Tensor) -> np.ndarray:
         return np.ascontiguousarray(frame.cpu().numpy())
     f = frame.detach().to("cpu", torch.float32)
     return f.mul(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8).numpy()
+
+
+def image_frame_getter(image: Any, tracks: Any, name: str = "images"):
+    """None, or frame f of an IMAGE batch covering the tracks' video as uint8 [H, W, 3] (checked once)."""
+    if image is None:
+        return None
+    image = _check_image(image, name)
+    if tuple(image.shape[:3]) != (tracks.num_frames, tracks.height, tracks.width):
+        raise ValueError(f"{name}: {image.shape[0]} frames of {image.shape[2]}x{image.shape[1]} do not match the "
+                         f"tracks ({tracks.num_frames} frames of {tracks.width}x{tracks.height})")
+    return lambda f: _frame_to_uint8(image[f])
 
 
 def image_to_uint8(image: Any, name: str = "images") -> np.ndarray:

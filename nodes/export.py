@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .select import refine_mask
+from .select import EdgeOptions
 
 __all__ = ["FORMATS", "VIDEO_FORMATS", "next_output_base", "object_groups", "export_mattes"]
 
@@ -59,11 +59,9 @@ def object_groups(tracks: Any, obj_ids: Sequence[int], per_object: bool) -> list
     return out
 
 
-def _matte(tracks: Any, f: int, ids: Sequence[int], grow: int, feather: float) -> np.ndarray:
+def _matte(tracks: Any, f: int, ids: Sequence[int], edge: EdgeOptions, rgb: np.ndarray | None) -> np.ndarray:
     m = tracks.union(f, list(ids)) if ids else np.zeros((tracks.height, tracks.width), dtype=bool)
-    if grow or feather:
-        return refine_mask(torch.from_numpy(m), grow, feather).numpy()
-    return m.astype(np.float32)
+    return edge.apply(torch.from_numpy(m)[None], [f], None if rgb is None else (lambda _: rgb))[0].numpy()
 
 
 def export_mattes(
@@ -73,8 +71,7 @@ def export_mattes(
     fmt: str,
     base: Path,
     per_object: bool = False,
-    grow: int = 0,
-    feather: float = 0.0,
+    edge: EdgeOptions = EdgeOptions(),
     rgb_getter: Callable[[int], np.ndarray] | None = None,
     fps: float = 24.0,
     progress: Callable[[int, int], None] | None = None,
@@ -82,7 +79,8 @@ def export_mattes(
     """Write the mattes; returns the written folders (PNG) or files (video).
 
     PNG: ``<base>/<group>/<frame:05d>.png`` (frame = index in the video); video: ``<base>_<group>.mov|.webm``
-    with the frames' colour (``rgb_getter``) or white where no frames are given.
+    with the frames' colour (``rgb_getter``) or white where no frames are given. ``edge`` shapes the mattes'
+    edges (an edge-aware matte needs ``rgb_getter``).
     """
     if fmt not in FORMATS:
         raise ValueError(f"format: unknown format {fmt!r}; choose one of {list(FORMATS)}")
@@ -100,7 +98,7 @@ def export_mattes(
             folder = base / name
             folder.mkdir(parents=True, exist_ok=True)
             for f in frames:
-                m = _matte(tracks, f, ids, grow, feather)
+                m = _matte(tracks, f, ids, edge, None if rgb_getter is None else rgb_getter(f))
                 if fmt == "png8":
                     img = Image.fromarray((m * 255.0 + 0.5).astype(np.uint8))
                 else:
@@ -118,8 +116,8 @@ def export_mattes(
         path = base.parent / f"{base.name}_{name}{ext}"
         with AlphaVideoWriter(path, tracks.width, tracks.height, float(fps)) as w:
             for f in frames:
-                a = (_matte(tracks, f, ids, grow, feather) * 255.0 + 0.5).astype(np.uint8)
-                w.write(a, None if rgb_getter is None else rgb_getter(f))
+                rgb = None if rgb_getter is None else rgb_getter(f)
+                w.write((_matte(tracks, f, ids, edge, rgb) * 255.0 + 0.5).astype(np.uint8), rgb)
                 done += 1
                 if progress:
                     progress(done, total)

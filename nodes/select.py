@@ -9,6 +9,7 @@ import json
 import math
 import re
 from collections import namedtuple
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -21,6 +22,7 @@ __all__ = [
     "select_objects",
     "frame_range",
     "refine_mask",
+    "EdgeOptions",
     "union_mask_tensor",
     "object_mask_tensors",
     "mask_tensors",
@@ -161,23 +163,49 @@ def refine_mask(mask: Any, grow: int = 0, feather: float = 0.0) -> torch.Tensor:
     return out[0] if squeeze else out
 
 
-def union_mask_tensor(
-    tracks: Any, obj_ids: Sequence[int], frames: Iterable[int], grow: int = 0, feather: float = 0.0
-) -> torch.Tensor:
+@dataclass(frozen=True)
+class EdgeOptions:
+    """How hard masks become mattes: grow (>0 dilate, <0 erode, pixels), then an edge-aware soft matte in a
+    band of `band` pixels around the edge guided by the frames (0 = off; univs_engine.matting), then a Gaussian
+    feather of sigma `feather` pixels."""
+
+    grow: int = 0
+    feather: float = 0.0
+    band: int = 0
+    smoothness: float = 3e-3
+
+    def apply(self, masks: torch.Tensor, frames: Sequence[int], rgb: Callable[[int], np.ndarray] | None = None
+              ) -> torch.Tensor:
+        """masks [T, H, W] of video frames `frames` -> float32 mattes; rgb(f) gives frame f (uint8 [H, W, 3])."""
+        x = masks.to(torch.float32)
+        if self.grow:
+            x = refine_mask(x, grow=self.grow)
+        if self.band:
+            from univs_engine.matting import MatteSettings, soft_matte
+
+            if rgb is None:
+                raise ValueError("edge_band: an edge-aware matte follows the frames; connect images (or video)")
+            settings = MatteSettings(self.band, self.smoothness)
+            x = torch.stack([torch.from_numpy(soft_matte(rgb(f), x[k].numpy() > 0.5, settings))
+                             for k, f in enumerate(frames)])
+        if self.feather:
+            x = refine_mask(x, feather=self.feather)
+        return x
+
+
+def union_mask_tensor(tracks: Any, obj_ids: Sequence[int], frames: Iterable[int], edge: EdgeOptions = EdgeOptions(),
+                      rgb: Callable[[int], np.ndarray] | None = None) -> torch.Tensor:
     """MASK ``[T, H, W]`` float32: union of ``obj_ids`` on each frame of ``frames``."""
     frames = list(frames)
     out = torch.zeros((len(frames), tracks.height, tracks.width), dtype=torch.float32)
     if obj_ids:
         for k, f in enumerate(frames):
             out[k] = torch.from_numpy(tracks.union(f, list(obj_ids)))
-    if grow or feather:
-        out = refine_mask(out, grow, feather)
-    return out
+    return edge.apply(out, frames, rgb) if edge != EdgeOptions() else out
 
 
-def object_mask_tensors(
-    tracks: Any, obj_ids: Sequence[int], frames: Iterable[int], grow: int = 0, feather: float = 0.0
-) -> list[torch.Tensor]:
+def object_mask_tensors(tracks: Any, obj_ids: Sequence[int], frames: Iterable[int], edge: EdgeOptions = EdgeOptions(),
+                        rgb: Callable[[int], np.ndarray] | None = None) -> list[torch.Tensor]:
     """One MASK ``[T, H, W]`` per object."""
     frames = list(frames)
     out = []
@@ -186,20 +214,20 @@ def object_mask_tensors(
         for k, f in enumerate(frames):
             if tracks.has_mask(f, oid):
                 m[k] = torch.from_numpy(tracks.mask(f, oid))
-        out.append(refine_mask(m, grow, feather) if (grow or feather) else m)
+        out.append(edge.apply(m, frames, rgb) if edge != EdgeOptions() else m)
     return out
 
 
-def mask_tensors(tracks: Any, obj_ids: Sequence[int], frames: Iterable[int], mode: str, grow: int = 0,
-                 feather: float = 0.0) -> list[torch.Tensor]:
+def mask_tensors(tracks: Any, obj_ids: Sequence[int], frames: Iterable[int], mode: str, edge: EdgeOptions = EdgeOptions(),
+                 rgb: Callable[[int], np.ndarray] | None = None) -> list[torch.Tensor]:
     """``mode`` "union": ``[union MASK]``; "per_object": one MASK per object (an empty MASK when none is selected,
     so downstream nodes still get a frame-aligned batch)."""
     frames = list(frames)
     if mode == "union":
-        return [union_mask_tensor(tracks, obj_ids, frames, grow, feather)]
+        return [union_mask_tensor(tracks, obj_ids, frames, edge, rgb)]
     if mode != "per_object":
         raise ValueError(f"mode: {mode!r} is not one of union, per_object")
-    return object_mask_tensors(tracks, obj_ids, frames, grow, feather) or [
+    return object_mask_tensors(tracks, obj_ids, frames, edge, rgb) or [
         torch.zeros((len(frames), tracks.height, tracks.width), dtype=torch.float32)]
 
 

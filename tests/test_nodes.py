@@ -497,7 +497,7 @@ def test_export_png8_png16_union_and_per_object(tmp_path):
     assert a.dtype == np.uint16 and a.max() == 65535 and (a > 0).sum() == 48 + 80
     base2 = E.next_output_base(str(tmp_path), "shots/roto")
     assert base2.name == "roto_00002"
-    paths = E.export_mattes(tr, [1, 2], [1, 2], "png8", base2, per_object=True, feather=1.0)
+    paths = E.export_mattes(tr, [1, 2], [1, 2], "png8", base2, per_object=True, edge=S.EdgeOptions(feather=1.0))
     assert [p.name for p in paths] == ["1_person", "2_car"]
     soft = np.array(Image.open(paths[1] / "00002.png"))
     assert soft.dtype == np.uint8 and 0 < soft[16, 20] < 255 or soft[15, 19] not in (0, 255)

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..atomic import AtomicDir, AtomicFile
 from ..masks import binary_mask, mask_array
+from ..matting import MatteSettings, soft_matte
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..results import Tracks
@@ -652,21 +653,26 @@ def export_alpha_video(
     overwrite: bool = False,
     codec: str | None = None,
     frames: Iterable[int] | None = None,
+    matte: "MatteSettings | None" = None,
 ) -> Path:
     """Alpha video of one object: the source frames (or the object's colour) with the mask as alpha.
 
-    ``frames``: the video covers the first to the last of them (default: the whole video)."""
+    ``frames``: the video covers the first to the last of them (default: the whole video). ``matte``: soft
+    edges guided by the source frames (univs_engine.matting), else the hard mask."""
     _check_source(tracks, source)
     rate = fps or (source.fps if source is not None else 30.0)
     color = tracks.info(obj_id).color
     span = _span(tracks, frames)
+    if matte is not None and source is None:
+        raise ValueError("soft alpha edges follow the video frames: pass the source video")
     with AlphaVideoWriter(path, tracks.width, tracks.height, rate, overwrite=overwrite, codec=codec) as w:
         if source is None:
             for f in span:
                 w.write(tracks.mask(f, obj_id), None, color)
         else:
             for f, rgb in source.iter_frames(span.start, span.stop):
-                w.write(tracks.mask(f, obj_id), rgb)
+                m = tracks.mask(f, obj_id)
+                w.write(m if matte is None else (soft_matte(rgb, m, matte) * 255.0 + 0.5).astype(np.uint8), rgb)
     return w.path
 
 
