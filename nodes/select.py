@@ -31,6 +31,7 @@ __all__ = [
     "bbox_per_frame",
     "legend_json",
     "overlay_frame",
+    "flag_frame",
     "build_segs",
 ]
 
@@ -308,6 +309,15 @@ def _font(size: int):
         return ImageFont.load_default(size=size)
     except TypeError:  # very old Pillow
         return ImageFont.load_default()
+
+
+def flag_frame(img: np.ndarray, width: int = 4) -> np.ndarray:
+    """A red border of `width` pixels around a uint8 [H, W, 3] frame (a frame to check)."""
+    out = img.copy()
+    w = max(1, min(width, min(img.shape[:2]) // 4))
+    red = np.array([255, 40, 40], np.uint8)
+    out[:w], out[-w:], out[:, :w], out[:, -w:] = red, red, red, red
+    return out
 
 
 def overlay_frame(

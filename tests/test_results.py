@@ -185,3 +185,23 @@ def test_segmented_frames_and_fps_survive_save_and_load(tmp_path):
     umask = os.umask(0o022)
     os.umask(umask)
     assert (tmp_path / "t.npz").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_weak_frames_flag_confidence_drops_and_lost_objects():
+    tr = Tracks(8, 10, 10)
+    tr.add_object(1)
+    tr.add_object(2)
+    m = np.zeros((10, 10), bool)
+    m[2:5, 2:5] = True
+    for f in range(8):
+        tr.set_mask(f, 1, m, confidence=0.04 if f != 3 else 0.015)  # a drop on frame 3 (low absolute level)
+        if f not in (5, 6):                                         # object 2 lost on 5-6, found on 7
+            tr.set_mask(f, 2, m, confidence=0.9)
+    assert tr.weak_frames(0.5) == [3, 5, 6]
+    assert tr.weak_frames(0.5, [1]) == [3] and tr.weak_frames(0.3, [1]) == []
+    tr2 = Tracks(6, 10, 10)
+    tr2.add_object(1)
+    for f in range(3):
+        tr2.set_mask(f, 1, m, confidence=0.5)
+    tr2.mark_segmented(3)
+    assert tr2.weak_frames(0.5) == []  # leaving for good is not a loss

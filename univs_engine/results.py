@@ -204,6 +204,21 @@ class Tracks:
     def is_segmented(self, frame_idx: int) -> bool:
         return bool(self._segmented[self._check_frame(frame_idx)])
 
+    def weak_frames(self, ratio: float = 0.5, obj_ids: Sequence[int] | None = None) -> list[int]:
+        """Segmented frames where a correction is most likely needed: an object's confidence falls below
+        `ratio` x its median confidence, or the object is missing between two frames that have it (lost, then
+        found again). Confidences are relative to each object's own level, which differs between models."""
+        weak: set[int] = set()
+        for oid in self.object_ids if obj_ids is None else obj_ids:
+            frames = self.frames_with(oid)
+            if not frames:
+                continue
+            conf = np.array([self.confidence(f, oid) for f in frames])
+            level = float(np.median(conf))
+            weak.update(f for f, c in zip(frames, conf) if c < ratio * level)
+            weak.update(f for f in range(frames[0], frames[-1]) if self.is_segmented(f) and not self.has_mask(f, oid))
+        return sorted(weak)
+
     def segmented_frames(self, frames: Iterable[int] | None = None) -> list[int]:
         """The processed frames among ``frames`` (default: the whole video), in the given order."""
         if frames is None:
