@@ -80,10 +80,14 @@ class FrameFeatures:
         """Frames [i, i+n) -> (mask_features [n, C, H/4, W/4], three multi-scale maps [n, C, h, w])."""
         todo = [f for f in range(i, i + n) if f not in self.cache]
         if todo:
-            stop = min(max(todo[0] + self.batch, todo[-1] + 1), self.num_frames)
-            mask_feats, multi = self.model.encode_frames(self.frames(todo[0], stop))
-            for k, f in enumerate(range(todo[0], stop)):
-                self.cache[f] = (mask_feats[k], [m[k] for m in multi])
+            # batches start at multiples of the batch size, so a run resumed mid-video (vos.LoopSnapshot)
+            # encodes every frame in the same batch as a run from the start, hence to the same bits
+            start = todo[0] - todo[0] % self.batch
+            stop = min(max(start + self.batch, todo[-1] + 1), self.num_frames)
+            mask_feats, multi = self.model.encode_frames(self.frames(start, stop))
+            for k, f in enumerate(range(start, stop)):
+                if f >= todo[0]:
+                    self.cache[f] = (mask_feats[k], [m[k] for m in multi])
         clip = [self.cache[f] for f in range(i, i + n)]
         return torch.stack([c[0] for c in clip]), [torch.stack([c[1][lv] for c in clip]) for lv in range(3)]
 

@@ -20,6 +20,15 @@ class PromptMemory:
         self.first: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # saved first-appearance slots
         self.first_frames = torch.full((tokens.shape[0],), -1, dtype=torch.long)
 
+    def copy(self, device=None) -> "PromptMemory":
+        """An independent copy (tensors cloned, on `device` if given)."""
+        move = lambda t: t.detach().to(device, copy=True)  # noqa: E731
+        out = PromptMemory(move(self.tokens), move(self.pe), self.keep)
+        out.start = self.start
+        out.first = {k: (move(t), move(p)) for k, (t, p) in self.first.items()}
+        out.first_frames = self.first_frames.clone()
+        return out
+
     @property
     def length(self) -> int:
         """Number of slots written so far (the official pool's S)."""

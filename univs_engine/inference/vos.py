@@ -7,7 +7,7 @@ the clip starting at it has run, and is then handed to the caller and dropped fr
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from ..modeling.mask_decoder import PromptQueries
 from ..modeling.position_encoding import frame_phase
-from ..modeling.prompt_encoder import PermutationDraw, mask_box, sample_mask_prompts
+from ..modeling.prompt_encoder import (PermutationDraw, PromptTokens, ShapePrompt, mask_box, sample_mask_prompts,
+                                       sample_shape_prompts)
 from ..presets import TaskSettings
 from .core import ClipGeometry, FrameFeatures, chunks, mask_quality, memory_prompts, semantic_map, temporal_consistency
 from .memory import PromptMemory
@@ -59,10 +60,28 @@ class TrackState:
     embds: torch.Tensor
     end: int = 0                # frames [0, end) have state
     memory: PromptMemory | None = None
+    shapes: dict[int, list[tuple[int, ShapePrompt]]] = field(default_factory=dict)  # frame -> (target, box/clicks)
 
     @property
     def masks(self) -> torch.Tensor:
         return (self.logits > 0).float()
+
+    def copy(self, device=None) -> "TrackState":
+        """An independent copy (tensors cloned, on `device` if given)."""
+        move = lambda t: t.detach().to(device, copy=True)  # noqa: E731
+        return TrackState(move(self.first_frames), move(self.logits), move(self.boxes), move(self.embds), self.end,
+                          None if self.memory is None else self.memory.copy(device))
+
+
+@dataclass
+class LoopSnapshot:
+    """What the loop carries into the clip starting at run position `clip`: the track state and the prompt
+    sampler's random state. Resuming from it reproduces the rest of a run exactly when the annotations of
+    positions before clip + T - 1 are unchanged (tensors kept on the CPU)."""
+
+    clip: int
+    state: TrackState
+    rng: torch.Tensor | None
 
 
 @dataclass
@@ -86,7 +105,10 @@ class PromptedClipLoop:
     """Runs the clip loop for a fixed set of targets.
 
     frames(start, stop) must return normalised, padded frames [n, 3, Hp, Wp]. annotations maps a frame
-    index to (target indices, masks [k, Hp, Wp]) given at that frame (value 1 inside the mask).
+    index to (target indices [k], masks [k, Hp, Wp]) given at that frame (value 1 inside the mask), or to
+    (target indices, masks, shapes): shapes[j] a ShapePrompt (box or clicks) or None. A target with a shape takes
+    its prompt tokens on that frame from the box / point branch (sample_shape_prompts) instead of its mask, which
+    still is its mask there (the frame's output, and what later clips compare their predictions to).
     """
 
     def __init__(self, model: "UniVS", settings: TaskSettings, geometry: ClipGeometry,
@@ -98,6 +120,8 @@ class PromptedClipLoop:
         self.generator, self.draw = generator, draw
         self.class_embeddings = class_embeddings
         self.hooks: dict[str, Callable] = {}  # name -> fn(**tensors): lets tests observe internals
+        self.snapshot_every = 0  # > 0: keep a LoopSnapshot at every clip start that is a multiple of it
+        self.snapshots: list[LoopSnapshot] = []
 
     def _hook(self, name: str, **kw) -> None:
         if name in self.hooks:
@@ -108,16 +132,20 @@ class PromptedClipLoop:
     def run(self, frames: Callable[[int, int], torch.Tensor], num_targets: int,
             annotations: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
             text: TextTargets | None = None,
-            stuff: StuffHelp | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-        """Yield (frame index, logits [N, Hp, Wp], embds [N, C]) for every frame in order."""
+            stuff: StuffHelp | None = None, resume: LoopSnapshot | None = None
+            ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """Yield (frame index, logits [N, Hp, Wp], embds [N, C]) for every frame in order (from the
+        snapshot's clip when resuming)."""
         T, s, L = self.s.clip_len, self.s.step, self.g.num_frames
         annotations = annotations or {}
-        state = self._new_state(num_targets, text is not None)
+        state = self._start(num_targets, text is not None, resume)
         features = FrameFeatures(self.model, frames, L, T)
         is_last = False
-        for i in range(0, L, s):
+        for i in range(resume.clip if resume else 0, L, s):
             if is_last and i + T > L:
                 break
+            if self.snapshot_every and i % self.snapshot_every == 0:
+                self.snapshots.append(self._snapshot(i, state))
             is_last = i + T >= L
             n = min(T, L - i)
             feats = features.clip(i, n)
@@ -132,6 +160,22 @@ class PromptedClipLoop:
             features.release(i + s)
 
     # ------------------------------------------------------------------ steps
+    def _start(self, num_targets: int, is_text: bool, resume: LoopSnapshot | None) -> TrackState:
+        if resume is None:
+            return self._new_state(num_targets, is_text)
+        if resume.state.first_frames.shape[0] != num_targets or resume.clip % self.s.step:
+            raise ValueError(f"cannot resume: the snapshot has {resume.state.first_frames.shape[0]} targets at "
+                             f"position {resume.clip}, this run {num_targets} targets with stride {self.s.step}")
+        if resume.rng is not None:
+            self.generator.set_state(resume.rng)
+        return resume.state.copy(self.model.pixel_mean.device)
+
+    def _snapshot(self, i: int, state: TrackState) -> LoopSnapshot:
+        if self.draw is not None or self.generator is None:
+            raise ValueError("snapshots replay the sampler's own generator: give the loop one (and no custom draw)")
+        rng = None if self.generator is None else self.generator.get_state()
+        return LoopSnapshot(i, state.copy("cpu"), rng)
+
     def _new_state(self, num_targets: int, is_text: bool) -> TrackState:
         dev = self.model.pixel_mean.device
         N, C, (Hp, Wp) = num_targets, self.model.cfg.hidden_dim, self.g.padded_size
@@ -155,11 +199,15 @@ class PromptedClipLoop:
         st.boxes = torch.cat([st.boxes[:, -keep:], st.boxes.new_zeros(N, new, 4)], 1)
         st.embds = torch.cat([st.embds[:, -keep:], pad_embds], 1)
         st.end = i + n
+        st.shapes = {f: v for f, v in st.shapes.items() if f >= i}  # older frames are never encoded again
         Hp, Wp = self.g.padded_size
         for f in range(i, i + n):
             if f not in annotations:
                 continue
-            idx, masks = annotations[f]
+            idx, masks, *shapes = annotations[f]
+            given = [(int(t), sh) for t, sh in zip(idx.tolist(), shapes[0]) if sh is not None] if shapes else []
+            if given:
+                st.shapes[f] = given
             j = f - st.end
             st.logits[idx, j] = masks.to(st.logits)
             # annotation boxes follow detectron2's BitMasks convention: exclusive max corner
@@ -195,6 +243,7 @@ class PromptedClipLoop:
         for k in range(update):
             enc = sample_mask_prompts(feat[k], pos[k], masks[:, k], self.s.prompt_tokens, z[k],
                                       boxes=boxes[:, k], generator=self.generator, draw=self.draw)
+            self._shape_tokens(st.shapes.get(i + k), enc, feat[k], pos[k], z[k])
             self._hook("prompt_tokens", call=i, frame=i + k, tokens=enc)
             if i == 0:
                 rep = lambda x: x[:, :, None].repeat(1, 1, n, 1)  # noqa: E731
@@ -205,6 +254,16 @@ class PromptedClipLoop:
         prompts = memory_prompts(self.model, st.memory, st.first_frames, n, self.s.window)
         self._hook("prompt_queries", call=i, prompts=prompts)
         return prompts
+
+    def _shape_tokens(self, given: list[tuple[int, ShapePrompt]] | None, enc: PromptTokens, feat, pos, z) -> None:
+        """Targets given as a box or clicks on this frame take the box / point branch's tokens (in place)."""
+        if not given:
+            return
+        rows = torch.tensor([t for t, _ in given], device=enc.tokens.device)
+        shaped = sample_shape_prompts(feat, pos, [sh for _, sh in given], self.s.prompt_tokens, z,
+                                      generator=self.generator, draw=self.draw)
+        enc.tokens[rows], enc.pe[rows] = shaped.tokens.to(enc.tokens.dtype), shaped.pe.to(enc.pe.dtype)
+        enc.points[rows], enc.valid[rows] = shaped.points.to(enc.points), shaped.valid.to(enc.valid.device)
 
     def _semantic_map(self, out) -> torch.Tensor:
         """Class per pixel from the learnable queries -> [n, Hp, Wp]: argmax_c sum_q p[q,c] q_q sigmoid(m_q).
