@@ -1,4 +1,5 @@
 import functools
+import importlib.util
 import json
 import os
 import sys
@@ -7,6 +8,21 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _register_trainer() -> None:
+    """Make `univs_train` (training and the synthetic world: in the clone, not in the installed package)
+    importable, by file location as `univs train` does: the repository root on sys.path would also expose our
+    `nodes` folder as a top-level module, shadowing ComfyUI's own (tests run with ComfyUI on the path too)."""
+    if "univs_train" in sys.modules:
+        return
+    init = ROOT / "univs_train" / "__init__.py"
+    spec = importlib.util.spec_from_file_location("univs_train", init, submodule_search_locations=[str(init.parent)])
+    sys.modules["univs_train"] = module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+
+_register_trainer()
 FULL_REFERENCE = Path(os.environ.get("UNIVS_REFERENCE", ROOT.parent / "shared" / "reference"))
 REDUCED_REFERENCE = ROOT / "tests" / "reference_reduced"  # made by tools/make_reduced_reference.py
 # The full set is used whenever its folder exists; otherwise (a plain clone, or UNIVS_REFERENCE naming a

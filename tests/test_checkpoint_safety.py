@@ -25,10 +25,11 @@ from univs_engine.api import load_model, small_model_path
 from univs_engine.checkpoint import CheckpointError, CheckpointWriteError, convert_checkpoint, load_checkpoint
 from univs_engine.config import get_config
 from univs_engine.modeling.univs import build_univs
-from univs_engine.training import evaluate as eval_mod
-from univs_engine.training import train as train_mod
-from univs_engine.training.criterion import LossConfig
-from univs_engine.training.export import export_checkpoint
+from univs_train import evaluate as eval_mod
+from univs_train import state as state_mod
+from univs_train import train as train_mod
+from univs_train.criterion import LossConfig
+from univs_train.export import export_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 # torch's advice on a refused pickle ("Re-running torch.load with weights_only set to False will likely succeed")
@@ -112,19 +113,25 @@ def builtin_variant(path: Path, builtin_file, edit) -> Path:
     return path
 
 
-def tiny_config(**kw) -> train_mod.TrainConfig:
+def tiny_config(**kw) -> state_mod.TrainConfig:
     base = dict(iterations=2, stage3_iterations=0, size=64, batch_images=1, batch_clips=1, video_frames=4,
                 max_prompts=2, warmup=1, stage1_fraction=0.5, clip_len=2, log_every=1, pretrain_iterations=0,
                 token_rows=False, loss=LossConfig(match_points=128, loss_points=128, prompt_tokens=16, templates=2))
     base.update(kw)
-    return train_mod.TrainConfig(**base)
+    return state_mod.TrainConfig(**base)
+
+
+def resume(out: Path) -> dict:
+    """Continue the run in `out` (quietly, no export)."""
+    return train_mod.train(train_mod.TrainOptions(out, progress=False, threads=None, export=False))
 
 
 @pytest.fixture(scope="module")
 def train_run(tmp_path_factory):
     """A run stopped after 1 of 2 iterations: out/last.pt is a resumable training checkpoint."""
     out = tmp_path_factory.mktemp("run")
-    train_mod.train(out, config=tiny_config(), progress=False, threads=None, stop_after=1, export=False)
+    train_mod.train(train_mod.TrainOptions(out, config=tiny_config(), progress=False, threads=None, stop_after=1,
+                                           export=False))
     return out
 
 
@@ -172,7 +179,7 @@ def test_malicious_training_checkpoint_through_resume(tmp_path, kind, capsys):
     out.mkdir()
     evil = write_malicious(out / "last.pt", marker, kind)
     with pytest.raises(CheckpointError) as info:
-        train_mod.train(out, progress=False, threads=None, export=False)
+        resume(out)
     assert_refused_clearly(info.value, evil, marker)
     # `univs train --out DIR`: one line on stderr, exit code 2, no traceback
     assert train_mod.main(["--out", str(out), "--no-progress", "--threads", "1"]) == 2
@@ -188,7 +195,7 @@ def test_malicious_training_checkpoint_through_resume(tmp_path, kind, capsys):
 def test_malicious_training_checkpoint_through_evaluate(tmp_path, kind, capsys):
     marker = tmp_path / "marker"
     evil = write_malicious(tmp_path / "X.pt", marker, kind)
-    assert eval_mod.main([str(evil), "--videos", "1", "--frames", "2"]) == 2  # python -m ...training.evaluate X.pt
+    assert eval_mod.main([str(evil), "--videos", "1", "--frames", "2"]) == 2  # python -m univs_train.evaluate X.pt
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert_refused_clearly(Exception(err), evil, marker)
@@ -497,18 +504,18 @@ def test_training_state_is_safetensors_and_json_and_resumes_exactly(tmp_path, tr
     assert ckpt_mod.looks_like_safetensors(last)
     with safe_open(str(last), "pt") as f:
         meta = f.metadata()
-        assert meta["format"] == train_mod.STATE_FORMAT and "rng/torch" in set(f.keys())
+        assert meta["format"] == state_mod.STATE_FORMAT and "rng/torch" in set(f.keys())
     tree = json.loads(meta["state"])
     assert tree["iteration"] == 1 and tree["train_config"]["iterations"] == 2
 
     a = copy_run(train_run, tmp_path / "a")
     b = copy_run(train_run, tmp_path / "b")
-    state = train_mod.read_state_file(b / "last.pt")
+    state = state_mod.read_state_file(b / "last.pt")
     assert isinstance(state["rng"]["python"], tuple) and isinstance(next(iter(state["optimizer"]["state"])), int)
     torch.save(state, b / "last.pt")  # the layout every earlier run wrote
     for run in (a, b):
-        assert train_mod.train(run, progress=False, threads=None, export=False)["iteration"] == 2
-    sa, sb = (train_mod.load_training_checkpoint(r / "last.pt") for r in (a, b))
+        assert resume(run)["iteration"] == 2
+    sa, sb = (state_mod.load_training_checkpoint(r / "last.pt") for r in (a, b))
     for k in sa["model"]:
         assert torch.equal(sa["model"][k], sb["model"][k]), k
     assert sa["history"][-1]["total"] == sb["history"][-1]["total"]
@@ -517,9 +524,9 @@ def test_training_state_is_safetensors_and_json_and_resumes_exactly(tmp_path, tr
 
 def _edited_run(src: Path, dst: Path, edit) -> Path:
     copy_run(src, dst)
-    state = train_mod.read_state_file(dst / "last.pt")
+    state = state_mod.read_state_file(dst / "last.pt")
     edit(state)
-    train_mod.write_state_file(state, dst / "last.pt")
+    state_mod.write_state_file(state, dst / "last.pt")
     return dst / "last.pt"
 
 
@@ -531,7 +538,7 @@ def test_broken_training_checkpoint_is_refused_naming_the_key(tmp_path, train_ru
     last = _edited_run(train_run, tmp_path / "run",
                        lambda s: s["model"].update({TRAIN_KEY: BAD_VALUES[bad](s["model"][TRAIN_KEY])}))
     with pytest.raises(CheckpointError, match=BAD_MATCH[bad]) as info:
-        train_mod.train(last.parent, progress=False, threads=None, export=False)
+        resume(last.parent)
     assert str(last) in str(info.value) and TRAIN_KEY in str(info.value)
     assert eval_mod.main([str(last), "--videos", "1", "--frames", "2"]) == 2
     err = capsys.readouterr().err
@@ -545,31 +552,31 @@ def test_broken_optimizer_state_and_malformed_training_files(tmp_path, train_run
 
     last = _edited_run(train_run, tmp_path / "opt", poison)
     with pytest.raises(CheckpointError, match=r"optimizer\.state\.\d+\.exp_avg_sq holds NaN"):
-        train_mod.train(last.parent, progress=False, threads=None, export=False)
+        resume(last.parent)
     last = _edited_run(train_run, tmp_path / "nomodel", lambda s: s.pop("model"))
     with pytest.raises(CheckpointError, match="'model' is missing"):
-        train_mod.train(last.parent, progress=False, threads=None, export=False)
+        resume(last.parent)
     last = _edited_run(train_run, tmp_path / "shape",
                        lambda s: s["model"].update({TRAIN_KEY: torch.zeros(2, 2)}))
     with pytest.raises(CheckpointError, match=rf"1 with other shapes: {TRAIN_KEY} \(2, 2\)"):
-        train_mod.train(last.parent, progress=False, threads=None, export=False)
+        resume(last.parent)
     other = tmp_path / "other" / "last.pt"
     other.parent.mkdir()
     save_file({"x": torch.zeros(1)}, str(other))
     with pytest.raises(CheckpointError, match="not a UniVS training state"):
-        train_mod.load_training_checkpoint(other)
+        state_mod.load_training_checkpoint(other)
     cut = tmp_path / "cut" / "last.pt"
     cut.parent.mkdir()
     cut.write_bytes((train_run / "last.pt").read_bytes()[:5000])
     with pytest.raises(CheckpointError, match="not readable"):
-        train_mod.load_training_checkpoint(cut)
+        state_mod.load_training_checkpoint(cut)
 
 
 def test_training_checkpoint_write_failure_keeps_the_previous_one(tmp_path, train_run, monkeypatch):
     run = copy_run(train_run, tmp_path / "run")
     before = (run / "last.pt").read_bytes()
-    monkeypatch.setattr(train_mod, "save_file", _partial_then(OSError(errno.ENOSPC, "No space")))
+    monkeypatch.setattr(state_mod, "save_file", _partial_then(OSError(errno.ENOSPC, "No space")))
     with pytest.raises(CheckpointWriteError, match="no space left on device"):
-        train_mod.train(run, progress=False, threads=None, export=False)
+        resume(run)
     assert (run / "last.pt").read_bytes() == before
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]

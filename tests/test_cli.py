@@ -94,6 +94,27 @@ def _write_labels(root, video, labels):
         Image.fromarray(lab.astype(np.uint8)).save(d / f"{t:05d}.png")
 
 
+def test_train_runs_the_trainer_next_to_the_package(tmp_path):
+    """`univs train` in a clone (editable install, ComfyUI's git clone) loads univs_train/ from beside the engine,
+    without putting the repository root (and its `nodes/`) on sys.path."""
+    code = ("import sys\nfrom univs_engine.cli import main\ntry:\n    main(['train', '--help'])\n"
+            "except SystemExit as e:\n    print('exit', e.code, sys.modules['univs_train'].__file__, "
+            f"{str(ROOT)!r} in sys.path)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert "usage: univs train" in run.stdout, run.stderr
+    assert run.stdout.splitlines()[-1] == f"exit 0 {ROOT / 'univs_train' / '__init__.py'} False"
+
+
+def test_train_without_a_clone_says_so_on_one_line(tmp_path, monkeypatch, capsys):
+    from univs_engine import cli
+
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "site-packages" / "univs_engine" / "cli.py"))  # a wheel install
+    assert main(["train", "--out", str(tmp_path / "run")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "univs train: error: training needs a clone of the repository" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_eval_davis_folders(tmp_path, capsys):
     gt = np.zeros((4, 20, 20), np.uint8)
     gt[:, 2:10, 2:10] = 1
@@ -124,12 +145,14 @@ def test_eval_ytvis_json(tmp_path, capsys):
 
 
 def _long_video(path, n=2000):
-    from univs_engine.data.synthetic import write_mp4
+    from univs_engine.io.writers import OverlayVideoWriter
 
     frames = np.zeros((n, 96, 128, 3), np.uint8)  # far more frames than the test lets run
     for t in range(n):
         frames[t, 20:50, (t % 90):(t % 90) + 30] = 220
-    write_mp4(frames, path, fps=25)
+    with OverlayVideoWriter(path, 128, 96, 25, overwrite=True, crf=28) as writer:
+        for frame in frames:
+            writer.write(frame)
 
 
 class StderrWatch:

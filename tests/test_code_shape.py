@@ -3,6 +3,8 @@ read at once, few parameters), no copied blocks in the engine or the nodes, and 
 imports ComfyUI or the nodes; a ComfyUI install never imports the trainer)."""
 import ast
 import re
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -107,3 +109,38 @@ def test_the_engine_imports_neither_comfyui_nor_the_nodes():
                                             if m.split(".")[0] in ("comfy", "comfy_api", "folder_paths", "nodes"))
            for p in ENGINE.rglob("*.py")}
     assert not {k: v for k, v in bad.items() if v}
+
+
+def _trainer_references(path: Path):
+    """Line numbers of `path`'s imports of univs_train and of the name itself as a string (importlib)."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""] if node.level == 0 else []
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names = [node.value]
+        else:
+            continue
+        if any(n == "univs_train" or n.startswith("univs_train.") for n in names):
+            yield node.lineno
+
+
+def test_the_engine_reaches_the_trainer_only_in_the_train_command():
+    """univs_train (training, the generated world) is not installed: the engine refers to it only in `univs
+    train`'s dispatch in cli.main (which finds it next to the package in a clone)."""
+    (main,) = [fn for fn in functions(ENGINE / "cli.py") if fn.name == "main"]
+    (branch,) = [n for n in ast.walk(main) if isinstance(n, ast.If) and ast.unparse(n.test) == "argv[:1] == ['train']"]
+    inside = range(branch.lineno, branch.end_lineno + 1)
+    stray = [f"{p.relative_to(ROOT)}:{line}" for p in sorted(ENGINE.rglob("*.py")) for line in _trainer_references(p)
+             if not (p.name == "cli.py" and p.parent == ENGINE and line in inside)]
+    assert not stray, "the engine refers to univs_train outside `univs train`: " + ", ".join(stray)
+    assert list(_trainer_references(ENGINE / "cli.py"))  # the dispatch is found, so the check can fail
+
+
+def test_importing_the_engine_imports_no_trainer():
+    code = ("import sys, univs_engine.api, univs_engine.cli, univs_engine.evaluate; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'univs_train'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True,
+                         cwd=ROOT)  # univs_train importable here: not imported all the same
+    assert out.stdout.strip() == "[]"

@@ -335,7 +335,7 @@ def test_stq_void_and_crowd():
 # Perfect predictions on a synthetic video score 1 everywhere (interfaces fit the generator's output)
 # ----------------------------------------------------------------------------------------------------
 def test_perfect_predictions_on_synthetic_video():
-    from univs_engine.data import CLASSES, NUM_THING_CLASSES, generate_video
+    from univs_train.synthetic import CLASSES, NUM_THING_CLASSES, generate_video
 
     v = generate_video(21, num_frames=10, height=48, width=64)
     assert davis_jf(v.masks, v.masks).JF == 1.0

@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from univs_engine.data import (
-    CLASSES, NUM_THING_CLASSES, STUFF_CLASSES, STUFF_ID_OFFSET, THING_CLASSES, SyntheticConfig,
-    generate_dataset, generate_video, split_seeds,
+from univs_engine.rle import decode_coco
+from univs_train.synthetic import (
+    CLASSES, COLOURS, NUM_THING_CLASSES, STUFF_CLASSES, STUFF_ID_OFFSET, THING_CLASSES, SyntheticConfig,
+    generate_dataset, generate_video, split_seeds, write_mp4,
 )
-from univs_engine.data.synthetic import COLOURS, mask_to_rle, rle_to_mask, write_mp4
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = SyntheticConfig(num_frames=20, height=96, width=128)
@@ -130,12 +130,14 @@ def test_split_convention():
         split_seeds("holdout", 1)
 
 
-def test_rle_roundtrip():
-    m = np.zeros((5, 7), bool)
-    m[0, 0] = m[2:4, 3:6] = True
-    rle = mask_to_rle(m)
-    assert rle["counts"][0] == 0  # starts with a 1-run -> leading zero-length 0-run (COCO layout)
-    np.testing.assert_array_equal(rle_to_mask(rle), m)
+def test_sidecar_masks_are_plain_coco_rle():
+    """The sidecar's prompt masks: COCO uncompressed RLE (the engine's `univs_engine.rle`), lists of ints."""
+    v = generate_video(3, SMALL)
+    for o, p in zip(v.sidecar()["objects"], v.prompts):
+        rle = o["prompt"]["mask_rle"]
+        assert rle["size"] == list(p.mask.shape) and all(type(c) is int for c in rle["counts"])
+        np.testing.assert_array_equal(decode_coco(rle), p.mask)
+    assert json.loads(json.dumps(v.sidecar()))["objects"] == v.sidecar()["objects"]  # plain JSON
 
 
 def test_render_speed():
@@ -169,4 +171,4 @@ def test_committed_sample_matches_generator():
     assert [o["expression"] for o in meta["objects"]] == v.expressions
     for o, p in zip(meta["objects"], v.prompts):
         assert o["prompt"]["frame"] == p.frame and o["prompt"]["box"] == p.box.tolist()
-        np.testing.assert_array_equal(rle_to_mask(o["prompt"]["mask_rle"]), p.mask)
+        np.testing.assert_array_equal(decode_coco(o["prompt"]["mask_rle"]), p.mask)

@@ -9,15 +9,18 @@ import pytest
 import torch
 
 from univs_engine.config import get_config
-from univs_engine.training import train as train_mod
-from univs_engine.training.criterion import LossConfig, TrainingModel, compute_losses
-from univs_engine.training.data import sample_clip
-from univs_engine.training.losses import hungarian_match, mask_losses, reid_loss
-from univs_engine.training.train import TrainConfig, load_training_checkpoint, read_state_file, train, write_state_file
+from univs_train import state as state_mod
+from univs_train import train as train_mod
+from univs_train.clips import sample_clip
+from univs_train.criterion import LossConfig, TrainingModel, compute_losses
+from univs_train.losses import hungarian_match, mask_losses, reid_loss
+from univs_train.state import TrainConfig, load_training_checkpoint, read_state_file, write_state_file
+from univs_train.train import TrainOptions, train
 
 torch.set_num_threads(1)
 
 FAST_LOSS = dict(match_points=128, loss_points=128, prompt_tokens=16, templates=2)
+QUIET = dict(progress=False, threads=None)  # no bar; the thread count as the test set it
 
 
 def _tiny_config(**kw) -> TrainConfig:
@@ -92,14 +95,14 @@ def _weights(path: Path) -> dict:
 
 
 def test_resume_restores_iteration_weights_and_rng(tmp_path):
-    straight = train(tmp_path / "a", config=_tiny_config(), progress=False, threads=None)
+    straight = train(TrainOptions(tmp_path / "a", config=_tiny_config(), **QUIET))
     assert straight["iteration"] == 3 and Path(straight["export"]).is_file()
 
-    first = train(tmp_path / "b", config=_tiny_config(), progress=False, threads=None, stop_after=1)
+    first = train(TrainOptions(tmp_path / "b", config=_tiny_config(), stop_after=1, **QUIET))
     assert first["iteration"] == 1 and "export" not in first
     state = load_training_checkpoint(tmp_path / "b" / "last.pt")
     assert state["iteration"] == 1 and state["optimizer"]["state"]
-    resumed = train(tmp_path / "b", progress=False, threads=None, export=False)  # picks up last.pt and its config
+    resumed = train(TrainOptions(tmp_path / "b", export=False, **QUIET))  # picks up last.pt and its config
     assert resumed["iteration"] == 3
 
     wa, wb = _weights(tmp_path / "a" / "last.pt"), _weights(tmp_path / "b" / "last.pt")
@@ -148,7 +151,7 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
         Path(filename).write_bytes(b"partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(train_mod, "save_file", broken_save)
+    monkeypatch.setattr(state_mod, "save_file", broken_save)
     with pytest.raises(OSError, match="no space left"):
         write_state_file({"x": torch.full((3,), 7.0)}, dst)
     monkeypatch.undo()
@@ -161,7 +164,7 @@ def test_token_rows_extension_trains_only_used_rows_and_folds_at_export(tmp_path
     synthetic vocabulary change, the exported file keeps its keys, and a resumed extension is exact."""
     from safetensors import safe_open
 
-    from univs_engine.training.export import load_shipped
+    from univs_train.export import load_shipped
 
     # one thread: the sparse row updates then add in a fixed order, so "exact" is well defined
     # whatever thread count earlier tests left behind
@@ -174,17 +177,17 @@ def test_token_rows_extension_trains_only_used_rows_and_folds_at_export(tmp_path
 
 
 def _extend_token_rows(tmp_path, safe_open, load_shipped):
-    base = train(tmp_path / "a", config=_tiny_config(), progress=False, threads=None)
+    base = train(TrainOptions(tmp_path / "a", config=_tiny_config(), **QUIET))
     with safe_open(base["export"], "pt") as f:
         keys0 = set(f.keys())
         table0 = f.get_tensor("text_encoder.token_embedding.weight")
     for run, stop in (("b", None), ("c", 1)):
         (tmp_path / run).mkdir()
         (tmp_path / run / "last.pt").write_bytes((tmp_path / "a" / "last.pt").read_bytes())
-        kw = dict(progress=False, threads=None, token_rows=True, w_cls=6.0, stage3_iterations=3)
-        out = train(tmp_path / run, iterations=5, stop_after=stop, **kw)
+        extension = dict(token_rows=True, w_cls=6.0, stage3_iterations=3)
+        out = train(TrainOptions(tmp_path / run, iterations=5, stop_after=stop, overrides=extension, **QUIET))
         if stop:
-            out = train(tmp_path / run, progress=False, threads=None)
+            out = train(TrainOptions(tmp_path / run, **QUIET))
         assert out["iteration"] == 5
     wb, wc = _weights(tmp_path / "b" / "last.pt"), _weights(tmp_path / "c" / "last.pt")
     assert "token_delta" in wb and wb.keys() == wc.keys()
@@ -217,8 +220,8 @@ def test_class_separation_penalty_adds_its_term_only_when_weighted():
 def test_entity_check_reports_things_and_stuff_apart():
     """The held-out entity check of the shipped model: stuff is labelled right (measured 1.00 on 16 val
     videos), things are reported on their own (the joint accuracy once hid that they were at chance)."""
-    from univs_engine.training.evaluate import _videos, eval_entities
-    from univs_engine.training.export import load_shipped
+    from univs_train.evaluate import _videos, eval_entities
+    from univs_train.export import load_shipped
 
     model, _text, emb, _ = load_shipped(str(Path(__file__).resolve().parents[1] / "univs_engine" / "weights" / "univs_small.safetensors"))
     res = eval_entities(model, emb, _videos(3, 4, 256))
@@ -240,8 +243,8 @@ def test_stage0_schedule_precedes_the_main_schedule():
 
 
 def test_stage0_crops_are_the_things_and_teach_the_backbone():
-    from univs_engine.data.synthetic import generate_video
-    from univs_engine.training.data import CROP_SIZE, sample_crops
+    from univs_train.clips import CROP_SIZE, sample_crops
+    from univs_train.synthetic import generate_video
 
     crops, labels = sample_crops(11, 128)
     video = generate_video(11, num_frames=1, height=128, width=128)
@@ -260,14 +263,14 @@ def test_stage0_crops_are_the_things_and_teach_the_backbone():
     with torch.no_grad():
         assert float(model.crop_loss(x, y)) < 0.7 * float(first.detach())
     # the head is a training device: an exported model has no trace of it
-    from univs_engine.training.export import export_tensors
+    from univs_train.export import export_tensors
 
     assert not any("crop_head" in k for k in export_tensors(model))
 
 
 def test_clip_crops_are_the_things_of_the_first_frame():
-    from univs_engine.data.synthetic import NUM_THING_CLASSES
-    from univs_engine.training.data import clip_crops
+    from univs_train.clips import clip_crops
+    from univs_train.synthetic import NUM_THING_CLASSES
 
     clip = sample_clip(5, 2, size=128, video_frames=4, max_prompts=1)
     crops, labels = clip_crops(clip)
@@ -277,8 +280,8 @@ def test_clip_crops_are_the_things_of_the_first_frame():
 
 
 def test_jittered_crops_vary_scale_and_position_reproducibly():
-    from univs_engine.data.synthetic import generate_video
-    from univs_engine.training.data import JITTERED_CROP, PLAIN_CROP, object_crops, sample_crops
+    from univs_train.clips import JITTERED_CROP, object_crops, sample_crops
+    from univs_train.synthetic import generate_video
 
     video = generate_video(11, num_frames=1, height=128, width=128)
     args = (video.frames[0], video.masks[:, 0], [t.category for t in video.things])
@@ -298,10 +301,9 @@ def test_jittered_crops_vary_scale_and_position_reproducibly():
 
 
 def test_crop_loss_can_stay_on_after_stage0(tmp_path):
-    train(tmp_path, iterations=4, progress=False, threads=None, export=False, size=64, batch_images=1,
-          batch_clips=1, video_frames=4, pretrain_iterations=2, pretrain_videos=2, log_every=1, w_crop=1.0,
-          stage3_iterations=0, token_rows=False,
-          **{k: v for k, v in FAST_LOSS.items()})
+    recipe = dict(size=64, batch_images=1, batch_clips=1, video_frames=4, pretrain_iterations=2, pretrain_videos=2,
+                  log_every=1, w_crop=1.0, stage3_iterations=0, token_rows=False, **FAST_LOSS)
+    train(TrainOptions(tmp_path, iterations=4, export=False, overrides=recipe, **QUIET))
     recs = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in recs] == [0, 0, 2, 2]  # 2 main iterations: no stage 1
     assert all("crop_ce" in r for r in recs) and all("bce" in r for r in recs[2:])
@@ -331,5 +333,5 @@ def test_configs_saved_before_an_extension_keep_it_off():
 
 def test_a_schedule_without_room_for_stage0_names_the_options(tmp_path):
     with pytest.raises(ValueError, match=r"--pretrain-iterations.*is 2500.*= 400"):
-        train(tmp_path, iterations=1000, progress=False, threads=None, export=False)  # default stage 0 and stage 3
+        train(TrainOptions(tmp_path, iterations=1000, export=False, **QUIET))  # default stage 0 and stage 3
     assert not (tmp_path / "last.pt").exists()

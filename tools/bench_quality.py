@@ -9,13 +9,19 @@ tests/test_quality.py, which asserts floors a few points under the numbers in th
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]
+if "univs_train" not in sys.modules and str(ROOT) not in sys.path:  # the generated world: in the clone, not installed
+    sys.path.append(str(ROOT))
+
 
 def held_out(n_videos: int, frames: int, size: int, split: str = "val"):
-    from univs_engine.data.synthetic import generate_video, split_seeds
+    from univs_train.synthetic import generate_video, split_seeds
 
     return [generate_video(seed, num_frames=frames, height=size, width=size)
             for seed in split_seeds(split, n_videos)]
@@ -34,7 +40,7 @@ def _prompted(video, tracks, ids, gts, first_frames):
 
 def quality_report(model, videos, tasks=("vos", "pvos", "refvos", "vis", "vss", "vps")) -> dict[str, float]:
     from univs_engine.api import Prompt, segment, track
-    from univs_engine.data.synthetic import CLASSES, THING_CLASSES
+    from univs_train.synthetic import CLASSES, THING_CLASSES
     from univs_engine.metrics.vps import evaluate_vps
     from univs_engine.metrics.vss import VSSEvaluator
     from univs_engine.metrics.ytvis import evaluate_ytvis

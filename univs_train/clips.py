@@ -1,4 +1,4 @@
-"""Training clips drawn on the fly from the synthetic video world (`univs_engine.data.synthetic`).
+"""Training clips drawn on the fly from the synthetic video world (`univs_train.synthetic`).
 
 One `Clip` holds T consecutive frames of a generated video, the ground-truth tubes of every entity in
 the clip (things and stuff, labels indexing `CLASSES`), and the prompt targets: things visible on the
@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..data.synthetic import CLASSES, NUM_THING_CLASSES, SyntheticVideo, generate_video
+from .synthetic import CLASSES, NUM_THING_CLASSES, SyntheticVideo, generate_video
 
 PROMPT_TYPES = ("mask", "box", "point", "scribble")
 PROMPT_TYPE_WEIGHTS = (0.4, 0.2, 0.25, 0.15)

@@ -9,7 +9,7 @@
 * Entities: learnable queries on single frames, Hungarian-matched to the things and stuff; mean IoU of the
   matched masks and accuracy of the matched queries' classes (cosine classifier on the class embeddings).
 
-    python -m univs_engine.training.evaluate univs_engine/weights/univs_small.safetensors --videos 16
+    python -m univs_train.evaluate univs_engine/weights/univs_small.safetensors --videos 16   (repository root)
 """
 from __future__ import annotations
 
@@ -17,19 +17,19 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.synthetic import CLASSES, NUM_THING_CLASSES, generate_video, split_seeds
-from ..inference.core import ClipGeometry
-from ..inference.vos import PromptedClipLoop, TextTargets
-from ..modeling.text_encoder import TextPromptEncoder
-from ..presets import TaskSettings
+from univs_engine.inference.core import ClipGeometry
+from univs_engine.inference.vos import PromptedClipLoop, TextTargets
+from univs_engine.modeling.text_encoder import TextPromptEncoder
+from univs_engine.presets import TaskSettings
+
 from .losses import hungarian_match
+from .synthetic import CLASSES, NUM_THING_CLASSES, generate_video, split_seeds
 
 
 def _frames_fn(model, video):
@@ -133,9 +133,10 @@ def eval_entities(model, class_embeddings, videos, frames_per_video: int = 2) ->
 def eval_prompt_frame(model, videos, prompt_tokens: int = 256) -> dict:
     """Single-frame interactive segmentation: each thing's prompt (as the mask, its box, 1-3 point disks
     or a scribble, built as in training) on its prompt frame -> IoU of the prompt query's mask."""
-    from ..modeling.position_encoding import frame_phase
-    from ..modeling.prompt_encoder import sample_mask_prompts
-    from .data import PROMPT_TYPES, prompt_mask
+    from univs_engine.modeling.position_encoding import frame_phase
+    from univs_engine.modeling.prompt_encoder import sample_mask_prompts
+
+    from .clips import PROMPT_TYPES, prompt_mask
 
     dec = model.decoder
     ious: dict[str, list[float]] = {k: [] for k in PROMPT_TYPES}
@@ -179,23 +180,13 @@ def _load_for_eval(weights: str):
     """(UniVS model, text encoder, class embeddings) of an exported file, a training checkpoint or 'random';
     every file is read without running code (CheckpointError when refused)."""
     if weights == "random" or weights.endswith(".pt"):
+        from univs_engine.modeling.univs import build_univs
+
         from .export import export_tensors
-        from .train import TrainConfig, build_training_model, load_training_checkpoint
+        from .state import TrainConfig, build_training_model, load_training_model
 
-        if weights == "random":
-            tm = build_training_model(TrainConfig())
-        else:
-            from ..checkpoint import load_weights
-            from .train import _config_of
-
-            state = load_training_checkpoint(weights)
-            tm = build_training_model(_config_of(state, Path(weights)))
-            if "token_delta" in state["model"]:
-                tm.enable_token_delta()
-            load_weights(tm, state["model"], weights, "the training model of its config", what="training checkpoint")
+        tm = build_training_model(TrainConfig()) if weights == "random" else load_training_model(weights)[0]
         sd = export_tensors(tm, torch.float32)
-        from ..modeling.univs import build_univs
-
         model = build_univs(tm.cfg)
         model.load_state_dict({k: v for k, v in sd.items() if k.startswith(("backbone.", "sem_seg_head."))})
         text, emb = tm.text.eval(), sd["class_embeddings"]
@@ -218,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--split", default="val", choices=("val", "test"))
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from ..checkpoint import CheckpointError
+    from univs_engine.checkpoint import CheckpointError
 
     try:
         model, text, emb = _load_for_eval(a.weights)

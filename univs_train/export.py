@@ -6,7 +6,7 @@ Layout (see univs_engine/weights/MODEL_CARD.md):
   set to `cls_temp` (the loaders read the logit scale from `reid_temp`, as the official checkpoints share it).
 * `text_encoder.*`: the CLIP text tower (`TextEncoder(cfg.text)` keys), fp16 (its 49408-row token table
   dominates the file).
-* `class_embeddings`: [13, 128] fp32, category embeddings of `univs_engine.data.synthetic.CLASSES` (the
+* `class_embeddings`: [13, 128] fp32, category embeddings of `univs_train.synthetic.CLASSES` (the
   synthetic vocabulary: 8 things then 5 stuff), the mean EOT feature over the 81 templates.
 * metadata: univs_config="small", class_names (JSON list), vocabulary ("|"-joined names, read by
   `univs_engine.api`), vocabulary_isthing ("1"/"0" per class), text_encoder_dtype, plus training info.
@@ -21,10 +21,12 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_save_safetensors
-from ..data.synthetic import NUM_THING_CLASSES
-from ..modeling.image_encoder import freeze_batch_norm
+from univs_engine.checkpoint import atomic_save_safetensors
+from univs_engine.modeling.image_encoder import freeze_batch_norm
+
 from .criterion import TrainingModel
+from .state import load_training_model
+from .synthetic import NUM_THING_CLASSES
 
 TEXT_PREFIX = "text_encoder."
 CLASS_EMBEDDINGS_KEY = "class_embeddings"
@@ -77,15 +79,7 @@ def run_metadata(tc, iteration: int, wall_time_s: float) -> dict[str, str]:
 
 def export_checkpoint(ckpt: str | os.PathLike, dst: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> Path:
     """Export from a training checkpoint (`last.pt`)."""
-    from ..checkpoint import load_weights
-    from .train import _config_of, build_training_model, load_training_checkpoint
-
-    state = load_training_checkpoint(ckpt)
-    tc = _config_of(state, Path(ckpt))
-    model = build_training_model(tc)
-    if "token_delta" in state["model"]:
-        model.enable_token_delta()
-    load_weights(model, state["model"], ckpt, "the training model of its config", what="training checkpoint")
+    model, state, tc = load_training_model(ckpt)
     meta = run_metadata(tc, int(state["iteration"]), float(state.get("wall_time", 0)))
     meta.update(extra_metadata or {})
     return export_model(model, dst, meta)
@@ -96,9 +90,9 @@ def load_shipped(path: str | os.PathLike):
     exported file."""
     from safetensors import safe_open
 
-    from ..checkpoint import CheckpointError, check_finite, load_checkpoint, load_weights
-    from ..config import get_config
-    from ..modeling.text_encoder import TextEncoder
+    from univs_engine.checkpoint import CheckpointError, check_finite, load_checkpoint, load_weights
+    from univs_engine.config import get_config
+    from univs_engine.modeling.text_encoder import TextEncoder
 
     path = Path(path)
     model = load_checkpoint(path)

@@ -20,17 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import UniVSConfig
-from ..data.synthetic import CLASSES, COLOURS, MOTIONS, NUM_THING_CLASSES, SIZES, TEXTURES
-from ..modeling.image_encoder import build_image_encoder
-from ..modeling.mask_decoder import PromptQueries
-from ..modeling.position_encoding import frame_phase
-from ..modeling.prompt_encoder import sample_mask_prompts
-from ..modeling.text_encoder import TextEncoder
-from ..modeling.univs import UniVS, build_univs
-from ..text import NUM_TEMPLATES, PROMPT_TEMPLATES, clean_strings, tokenize, tokenize_categories
-from .data import Clip
+from univs_engine.config import UniVSConfig
+from univs_engine.modeling.image_encoder import build_image_encoder
+from univs_engine.modeling.mask_decoder import PromptQueries
+from univs_engine.modeling.position_encoding import frame_phase
+from univs_engine.modeling.prompt_encoder import sample_mask_prompts
+from univs_engine.modeling.text_encoder import TextEncoder
+from univs_engine.modeling.univs import UniVS, build_univs
+from univs_engine.text import NUM_TEMPLATES, PROMPT_TEMPLATES, clean_strings, tokenize, tokenize_categories
+
+from .clips import Clip
 from .losses import hungarian_match, mask_losses, reid_loss, sigmoid_focal_loss
+from .synthetic import CLASSES, COLOURS, MOTIONS, NUM_THING_CLASSES, SIZES, TEXTURES
 
 
 @dataclass

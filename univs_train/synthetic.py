@@ -21,7 +21,7 @@ videos of seeds ``seed .. seed + n - 1``; ``split_seeds("val", n)`` gives the he
 
 Command line (writes an H.264 mp4 and a JSON sidecar with the prompts and expressions)::
 
-    python -m univs_engine.data.synthetic --out assets/sample.mp4 --seed 7 --frames 48 --size 320x240
+    python -m univs_train.synthetic --out assets/sample.mp4 --seed 7 --frames 48 --size 320x240   (repository root)
 """
 from __future__ import annotations
 
@@ -37,14 +37,14 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from ..atomic import atomic_file
+from univs_engine.atomic import atomic_file
+from univs_engine.rle import rle_encode
 
 __all__ = [
     "THING_CLASSES", "STUFF_CLASSES", "CLASSES", "NUM_THING_CLASSES", "STUFF_ID_OFFSET",
     "COLOURS", "SIZES", "TEXTURES", "SPLIT_SEED_BASE", "SPLIT_SIZE",
     "SyntheticConfig", "ThingInfo", "Prompt", "Segment", "SyntheticVideo",
     "generate_video", "generate_dataset", "split_seeds", "write_mp4", "write_sample",
-    "mask_to_rle", "rle_to_mask",
 ]
 
 # ----------------------------------------------------------------------------------------------------
@@ -219,7 +219,7 @@ class SyntheticVideo:
                     "negative_points": prompt.negative_points.tolist(),
                     "box": [float(v) for v in prompt.box],
                     "scribble": prompt.scribble_points.tolist(),
-                    "mask_rle": mask_to_rle(prompt.mask),
+                    "mask_rle": {"size": list(prompt.mask.shape), "counts": rle_encode(prompt.mask).tolist()},
                 },
             })
         return {
@@ -235,27 +235,6 @@ class SyntheticVideo:
             "objects": objects,
             "stuff": [CLASSES[s.category] for s in self.segments if not s.isthing],
         }
-
-
-# ----------------------------------------------------------------------------------------------------
-# RLE helpers (COCO uncompressed layout: column-major, counts alternate 0-run, 1-run, ...)
-# ----------------------------------------------------------------------------------------------------
-def mask_to_rle(mask: np.ndarray) -> Dict[str, Any]:
-    flat = np.asarray(mask, dtype=bool).ravel(order="F")
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        counts = [0] + counts
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": [int(c) for c in counts]}
-
-
-def rle_to_mask(rle: Dict[str, Any]) -> np.ndarray:
-    h, w = rle["size"]
-    counts = np.asarray(rle["counts"], dtype=np.int64)
-    values = np.arange(counts.size) % 2 == 1
-    flat = np.repeat(values, counts)
-    return flat.reshape((w, h)).T.copy()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -731,24 +710,18 @@ def generate_dataset(seed: int, n_videos: int, config: SyntheticConfig | None = 
 
 
 # ----------------------------------------------------------------------------------------------------
-# Writing: mp4 (H.264 via PyAV) + JSON sidecar, both atomically
+# Writing: mp4 (H.264, the engine's preview writer) + JSON sidecar, both atomically
 # ----------------------------------------------------------------------------------------------------
 def write_mp4(frames: np.ndarray, path: str | os.PathLike, fps: float = 12.0, crf: int = 28) -> None:
-    """Encode uint8 RGB frames [T, H, W, 3] as H.264/yuv420p mp4 (H and W must be even)."""
-    import av  # noqa: PLC0415  (optional dependency, only needed for writing)
+    """Encode uint8 RGB frames [T, H, W, 3] as H.264/yuv420p mp4 (H and W must be even), atomically."""
+    from univs_engine.io.writers import OverlayVideoWriter  # noqa: PLC0415  (imports torch: only when writing)
 
     T, H, W, _ = frames.shape
     if H % 2 or W % 2:
         raise ValueError("H.264 with yuv420p needs even frame sizes")
-    with atomic_file(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=int(round(fps)))
-        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "medium"}
+    with OverlayVideoWriter(path, W, H, fps, overwrite=True, crf=crf) as writer:
         for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            writer.write(f)
 
 
 def _write_json(obj: Any, path: Path) -> None:
