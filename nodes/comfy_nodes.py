@@ -420,6 +420,8 @@ class TracksToMask(io.ComfyNode):
                                tooltip="Soften the edge: Gaussian blur sigma in pixels."),
                 io.Combo.Input("mode", options=["union", "per_object"], default="union",
                                tooltip="union = one MASK of all selected objects; per_object = one MASK per object."),
+                *_edge_inputs("The video frames (IMAGE batch): with edge_band > 0 the masks become soft mattes "
+                              "that follow the image at the edges."),
             ],
             outputs=[
                 io.Mask.Output("masks", is_output_list=True,
@@ -431,11 +433,12 @@ class TracksToMask(io.ComfyNode):
 
     @classmethod
     def execute(cls, tracks, select="", start_frame=0, end_frame=-1, grow=0, feather=0.0,
-                mode="union") -> io.NodeOutput:
+                mode="union", images=None, edge_band=0, smoothness=3e-3) -> io.NodeOutput:
         S.check_tracks(tracks)
         ids = S.select_objects(tracks, select)
         rng = S.frame_range(start_frame, end_frame, tracks.num_frames)
-        masks = S.mask_tensors(tracks, ids, rng, mode, grow, feather)
+        edge = S.EdgeOptions(grow, feather, edge_band, smoothness)
+        masks = S.mask_tensors(tracks, ids, rng, mode, edge, convert.image_frame_getter(images, tracks, "images"))
         return io.NodeOutput([_intermediate(m) for m in masks], ",".join(str(i) for i in ids))
 
 
@@ -480,13 +483,18 @@ class OverlayPreview(io.ComfyNode):
                 io.Boolean.Input("outline", default=True),
                 io.Boolean.Input("labels", default=True, tooltip="Draw '<id> <label>' at each object's centre."),
                 *_range_inputs(),
+                io.Float.Input("flag_weak", default=0.5, min=0.0, max=1.0, step=0.05,
+                               tooltip="Frame a frame in red where an object's confidence falls below this share of "
+                                       "its usual level, or where it is lost and found again: places to add a "
+                                       "correction. 0 = off."),
             ],
-            outputs=[io.Image.Output("overlay")],
+            outputs=[io.Image.Output("overlay"),
+                     io.String.Output("weak_frames", tooltip="The flagged frames, comma separated.")],
         )
 
     @classmethod
     def execute(cls, tracks, images=None, select="", opacity=0.5, outline=True, labels=True, start_frame=0,
-                end_frame=-1) -> io.NodeOutput:
+                end_frame=-1, flag_weak=0.5) -> io.NodeOutput:
         S.check_tracks(tracks)
         ids = S.select_objects(tracks, select)
         rng = S.frame_range(start_frame, end_frame, tracks.num_frames)
@@ -497,13 +505,17 @@ class OverlayPreview(io.ComfyNode):
                 raise ValueError(f"images: {frames.width}x{frames.height} frames do not match the tracks ({tracks.width}x{tracks.height})")
             if frames.num_frames < rng.stop:
                 raise ValueError(f"images: {frames.num_frames} frames, but the range ends at frame {rng.stop - 1}")
+        weak = set(tracks.weak_frames(flag_weak, ids)) & set(rng) if flag_weak else set()
         out = torch.empty((len(rng), tracks.height, tracks.width, 3), dtype=torch.float32)
         pbar = comfy.utils.ProgressBar(len(rng))
         for k, f in enumerate(rng):
             bg = None if frames is None else frames.frame(f)
-            out[k] = torch.from_numpy(S.overlay_frame(tracks, f, ids, bg, opacity, outline, labels)).float().div_(255.0)
+            img = S.overlay_frame(tracks, f, ids, bg, opacity, outline, labels)
+            out[k] = torch.from_numpy(S.flag_frame(img) if f in weak else img).float().div_(255.0)
             pbar.update(1)
-        return io.NodeOutput(_intermediate(out))
+        listed = ",".join(str(f) for f in sorted(weak))
+        text = f"weak frames (check these first): {listed}" if weak else "no weak frame"
+        return io.NodeOutput(_intermediate(out), listed, ui={"text": [text]})
 
 
 class ExportMatte(io.ComfyNode):
@@ -535,20 +547,23 @@ class ExportMatte(io.ComfyNode):
                 *_range_inputs(),
                 io.Int.Input("grow", default=0, min=-256, max=256, advanced=True),
                 io.Float.Input("feather", default=0.0, min=0.0, max=100.0, step=0.5, advanced=True),
+                *_edge_inputs(None),
             ],
             outputs=[io.String.Output("paths", tooltip="Written folders/files, one per line.")],
         )
 
     @classmethod
     def execute(cls, tracks, select="", format="png16", mode="union", filename_prefix="univs/matte", images=None,
-                video=None, fps=0.0, start_frame=0, end_frame=-1, grow=0, feather=0.0) -> io.NodeOutput:
+                video=None, fps=0.0, start_frame=0, end_frame=-1, grow=0, feather=0.0, edge_band=0,
+                smoothness=3e-3) -> io.NodeOutput:
         S.check_tracks(tracks)
         ids = S.select_objects(tracks, select)
         frames = S.segmented_frames(tracks, S.frame_range(start_frame, end_frame, tracks.num_frames))
         base = export.next_output_base(folder_paths.get_output_directory(), filename_prefix)
         source, temp, getter = None, None, None
         rate = fps or tracks.fps
-        if format in export.VIDEO_FORMATS and (images is not None or video is not None):
+        edge = S.EdgeOptions(grow, feather, edge_band, smoothness)
+        if (format in export.VIDEO_FORMATS or edge_band) and (images is not None or video is not None):
             source, temp = _open_frames(images, video)
             if (source.num_frames, source.height, source.width) != (tracks.num_frames, tracks.height, tracks.width):
                 _close(source, temp)
@@ -561,7 +576,7 @@ class ExportMatte(io.ComfyNode):
         pbar = comfy.utils.ProgressBar(max(1, len(frames)))
         try:
             paths = export.export_mattes(tracks, ids, frames, format, base, per_object=(mode == "per_object"),
-                                         grow=grow, feather=feather, rgb_getter=getter, fps=rate or 24.0,
+                                         edge=edge, rgb_getter=getter, fps=rate or 24.0,
                                          progress=runtime.make_progress(pbar))
         finally:
             if source is not None:
@@ -573,6 +588,18 @@ class ExportMatte(io.ComfyNode):
             note += f" at {rate:g} fps" if rate else " at 24 fps (frame rate unknown: connect fps or the video)"
         text = f"Wrote {note}, output folder:\n" + "\n".join(rel)
         return io.NodeOutput("\n".join(str(p) for p in paths), ui={"text": [text]})
+
+
+def _edge_inputs(images_tooltip: str | None) -> list:
+    """The soft-matte inputs of Tracks to Mask and Export Matte (plus the guiding frames where asked)."""
+    inputs = [io.Image.Input("images", optional=True, tooltip=images_tooltip)] if images_tooltip else []
+    return inputs + [
+        io.Int.Input("edge_band", default=0, min=0, max=64, advanced=True,
+                     tooltip="Edge-aware soft matte: pixels on each side of the edge where alpha follows the image "
+                             "(hair, motion blur); 0 = hard edge. Needs the frames (images / video)."),
+        io.Float.Input("smoothness", default=3e-3, min=1e-6, max=1.0, step=1e-4, advanced=True,
+                       tooltip="Soft matte: larger = smoother alpha that follows the image less."),
+    ]
 
 
 def _sequential_getter(source):

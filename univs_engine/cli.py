@@ -114,6 +114,12 @@ def check_task_options(args) -> None:
         raise ValueError(f"{given[0]} does not apply to --task {args.task} (category-guided: it takes --classes)")
     if not category and args.classes is not None:
         raise ValueError(f"--classes applies to --task vis, vss or vps, not {args.task}")
+    if (args.matte_band is not None or args.matte_smoothness is not None) and not args.alpha:
+        raise ValueError("--matte-band / --matte-smoothness shape the alpha videos: add --alpha mov or webm")
+    if args.matte_band is not None or args.matte_smoothness is not None:
+        from .matting import MatteSettings
+
+        MatteSettings(args.matte_band or 0, args.matte_smoothness or MatteSettings.smoothness)  # range check
     if category:
         return
     if args.neg_points and not (args.points or args.box or args.mask):
@@ -122,6 +128,15 @@ def check_task_options(args) -> None:
         raise ValueError("--frame applies to --points/--box/--mask/--text, and none was given")
     if not (args.prompts or args.points or args.box or args.mask or args.text):
         raise ValueError(f"no prompt given: --task {args.task} needs --points, --box, --mask, --text or --prompts")
+
+
+def _matte_settings(args):
+    """The alpha videos' soft-edge settings, None for hard edges."""
+    from .matting import MatteSettings
+
+    if not args.matte_band:
+        return None
+    return MatteSettings(args.matte_band, args.matte_smoothness or MatteSettings.smoothness)
 
 
 def check_device(name: str) -> None:
@@ -473,7 +488,7 @@ def write_outputs(args, out: Path, tracks, source, why: str | None) -> None:
         W.write_ytvis_json(out / "results.json", tracks, video_id=1, overwrite=args.overwrite, frames=done)
     for obj in tracks.object_ids if args.alpha else []:
         W.export_alpha_video(tracks, obj, out / f"alpha_{obj}.{args.alpha}", source, overwrite=args.overwrite,
-                             frames=done)
+                             frames=done, matte=_matte_settings(args))
     W.export_overlay_video(tracks, source, out / "preview.mp4", overwrite=args.overwrite, frames=done)
     W.write_json(legend, legend_of(tracks, why), overwrite=args.overwrite)
 
@@ -575,6 +590,10 @@ def _segment_parser(sub) -> None:
                    help="compute precision (autocast; weights stay fp32)")
     s.add_argument("--alpha", choices=["mov", "webm"], help="also write one alpha video per object "
                    "(ProRes 4444 .mov or VP9 .webm)")
+    s.add_argument("--matte-band", type=_count, help="alpha videos: soft edges that follow the image, this many "
+                   "pixels on each side of the mask edge (default 0: hard edges)")
+    s.add_argument("--matte-smoothness", type=float, help="alpha videos: soft-edge regulariser "
+                   "(default 0.003; larger = smoother, follows the image less)")
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     s.set_defaults(func=cmd_segment)
 
@@ -585,8 +604,21 @@ def _one_line(e: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["train"]:  # the trainer owns its options (and its --help)
-        from .training.train import main as train_main
+    if argv[:1] == ["train"]:  # the trainer owns its options (and its --help); it lives in a clone, next to us
+        trainer = Path(__file__).resolve().parents[1] / "univs_train"
+        if not (trainer / "train.py").is_file():  # a wheel install: inference only
+            print(f"univs train: error: training needs a clone of the repository (pip install -e . in it, or "
+                  f"ComfyUI's git clone); this install has no univs_train/ next to {Path(__file__).parent}",
+                  file=sys.stderr)
+            return 2
+        if "univs_train" not in sys.modules:  # by file location: the clone's root (with nodes/) stays off sys.path
+            import importlib.util
+
+            spec = importlib.util.spec_from_file_location("univs_train", trainer / "__init__.py",
+                                                          submodule_search_locations=[str(trainer)])
+            sys.modules["univs_train"] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(sys.modules["univs_train"])
+        from univs_train.train import main as train_main
 
         return train_main(argv[1:]) or 0
     try:
