@@ -306,13 +306,18 @@ class PropagateMasks(io.ComfyNode):
                 io.Combo.Input("preset", options=["auto", "vos", "pvos", "refvos"], default="auto", advanced=True,
                                tooltip="Inference settings: auto = refvos for text-only prompts, else vos."),
                 _fps_input(),
+                io.Combo.Input("prompt_mode", options=["auto", "official", "refine"], default="auto", advanced=True,
+                               tooltip="How boxes and clicks become prompts. official = the model's trained box / "
+                                       "point encoders (a box or positive clicks alone); refine = the filled box or "
+                                       "click disks refined into a mask by one model pass (also takes negative "
+                                       "clicks); auto = official where it applies, else refine."),
             ],
             outputs=[UniVSTracks.Output("tracks", tooltip="All objects, compact; feed the UniVS selector/export nodes.")],
         )
 
     @classmethod
     def execute(cls, model, prompts, images=None, video=None, direction="both", start_frame=0, end_frame=-1,
-                preset="auto", fps=0.0) -> io.NodeOutput:
+                preset="auto", fps=0.0, prompt_mode="auto") -> io.NodeOutput:
         from univs_engine.api import RunOptions, track
 
         handle = _check_handle(model)
@@ -326,7 +331,7 @@ class PropagateMasks(io.ComfyNode):
                     raise ValueError("prompts: text prompts need a text encoder; load the built-in model or pick "
                                      "the official text_encoder file in 'Load UniVS Model'")
             total = len(rng) * (2 if direction == "both" else 1)
-            options = RunOptions(rng.start, rng.stop, direction, preset)
+            options = RunOptions(rng.start, rng.stop, direction, preset, prompt_mode=prompt_mode)
             tracks = _run_engine(track, handle, total, video=source, prompts=eprompts, options=options)
             tracks.fps = _source_fps(fps, video, source)
         finally:

@@ -73,6 +73,8 @@ def bad_files(tmp_path):
                                     "x1 <= 320"]),
     (["--box=-1,0,10,10"], ["--box: box (-1, 0, 10, 10) lies outside the 320x240 frame", "0 <= x0"]),
     (["--device", "cuda:99", "--points", "1,1"], ["--device cuda:99", "(available: cpu"]),
+    (["--points", "1,1", "--matte-band", "4"], ["--matte-band", "add --alpha"]),
+    (["--points", "1,1", "--alpha", "mov", "--matte-band", "999"], ["edge band", "outside 0..256"]),
 ])
 def test_bad_options_end_in_one_line(capsys, tmp_path, extra, words):
     one_line_error(capsys, ["segment", str(SAMPLE), "--out", str(tmp_path / "o")] + extra, *words)
@@ -206,7 +208,8 @@ def small_tracks(num_frames, done, h=24, w=32):
 
 
 def outputs_args(tmp_path, task="vos", alpha=None):
-    return SimpleNamespace(task=task, overwrite=False, alpha=alpha, out=str(tmp_path / "out"))
+    return SimpleNamespace(task=task, overwrite=False, alpha=alpha, out=str(tmp_path / "out"), matte_band=None,
+                           matte_smoothness=None)
 
 
 @pytest.mark.parametrize("task", ["vos", "vis"])

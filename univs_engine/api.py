@@ -304,7 +304,8 @@ def prompt_to_mask(p: Prompt, height: int, width: int) -> np.ndarray | None:
     """Rough target region from points, a box or a scribble (the mask itself if given).
 
     Positive points become small disks, a box its rectangle; negative points carve disks out. The
-    model then refines this region on the prompt frame (see `refine_prompt`)."""
+    model then refines this region on the prompt frame (see `refine_prompt`); a box or positive clicks alone
+    take the official branches instead (`shape_prompt`), with this region as their fallback mask."""
     if p.text is not None and p.mask is None and p.box is None and not len(p.points) and p.scribble is None:
         return None
     region = np.zeros((height, width), bool)
@@ -332,13 +333,10 @@ def prompt_to_mask(p: Prompt, height: int, width: int) -> np.ndarray | None:
 
 
 @torch.no_grad()
-def refine_prompt(model: UniVSModel, feeder: FrameFeeder, position: int, region: torch.Tensor) -> torch.Tensor:
-    """Turn a rough region (box / clicks / scribble) on one frame into the model's mask for it.
-
-    The region's prompt tokens drive one decoder pass on that frame; its mask prediction, limited to
-    the box of the region grown by half its size, becomes the target's mask prompt."""
+def _one_pass(model: UniVSModel, feeder: FrameFeeder, position: int, encode: Callable) -> torch.Tensor:
+    """One decoder pass on the frame at run position `position` for one target whose prompt tokens are
+    encode(feat [C, h, w], pos [C, h, w], frame phase) -> PromptTokens (N = 1) -> its mask logits [Hp, Wp]."""
     from .modeling.position_encoding import frame_phase
-    from .modeling.prompt_encoder import mask_box, sample_mask_prompts
 
     net = model.net
     mask_features, multi = net.encode_frames(feeder(position, position + 1))
@@ -346,18 +344,72 @@ def refine_prompt(model: UniVSModel, feeder: FrameFeeder, position: int, region:
     levels = net.decoder.embed_levels(multi, idx)
     feat, pos, _ = levels.prompt_level
     z = frame_phase(idx, 1, net.cfg.pe_variant, net.cfg.num_frames_pe)
-    enc = sample_mask_prompts(feat[0], pos[0], region[None], feeder.settings.prompt_tokens, z[0],
-                              generator=torch.Generator().manual_seed(0))
+    enc = encode(feat[0], pos[0], z[0])
     t = enc.tokens[:, :, None]
     prompts = net.decoder.visual_prompt_queries(t, enc.pe[:, :, None], enc.tokens, enc.pe)
     out = net.decoder(levels, mask_features, prompts)
-    logits = F.interpolate(out.pred_masks[-1:], size=feeder.padded_size, mode="bilinear", align_corners=False)[0, 0]
+    return F.interpolate(out.pred_masks[-1:], size=feeder.padded_size, mode="bilinear", align_corners=False)[0, 0]
+
+
+def refine_prompt(model: UniVSModel, feeder: FrameFeeder, position: int, region: torch.Tensor) -> torch.Tensor:
+    """Turn a rough region (box / clicks / scribble) on one frame into the model's mask for it
+    (prompt_mode "refine", a project extension).
+
+    The region's prompt tokens drive one decoder pass on that frame; its mask prediction, limited to
+    the box of the region grown by half its size, becomes the target's mask prompt."""
+    from .modeling.prompt_encoder import mask_box, sample_mask_prompts
+
+    gen = torch.Generator().manual_seed(0)
+    logits = _one_pass(model, feeder, position, lambda feat, pos, z: sample_mask_prompts(
+        feat, pos, region[None], feeder.settings.prompt_tokens, z, generator=gen))
     x0, y0, x1, y1 = mask_box(region > 0).tolist()
     gx, gy = (x1 - x0 + 1) // 2, (y1 - y0 + 1) // 2
     keep = torch.zeros_like(region, dtype=torch.bool)
     keep[max(0, y0 - gy):y1 + gy + 1, max(0, x0 - gx):x1 + gx + 1] = True
     refined = (logits > 0) & keep
     return refined.float() if refined.sum() >= 4 else region
+
+
+PROMPT_MODES = ("auto", "official", "refine")
+
+
+def shape_prompt(p: Prompt, mode: str, feeder: FrameFeeder):
+    """The box or positive clicks of `p` for the official box / point branch (a ShapePrompt, coordinates
+    normalised by the padded input size), or None when the target goes the mask way: a mask, prompt_mode
+    "refine", or (mode "auto") negative clicks, a scribble or a box with clicks, which no official branch takes."""
+    from .modeling.prompt_encoder import ShapePrompt
+
+    if p.mask is not None or mode == "refine":
+        return None
+    labels = list(p.point_labels) or [1] * len(p.points)
+    if p.scribble is not None or not all(labels) or (p.box is not None) == bool(len(p.points)):
+        if mode == "official":
+            raise ValueError(f"object {p.obj_id}: prompt_mode 'official' takes a mask, a box or positive clicks "
+                             "alone; negative clicks, scribbles and a box with clicks need prompt_mode "
+                             "'refine' or 'auto'")
+        return None
+    H, W = feeder.source.height, feeder.source.width
+    where = f"object {p.obj_id}"
+    if p.box is not None:
+        xy = np.array(check_box(p.box, W, H, where), np.float64).reshape(2, 2)
+    else:  # a click names a pixel: its centre
+        xy = np.array([check_point(x, y, W, H, where) for x, y in p.points], np.float64) + 0.5
+    (h, w), (Hp, Wp) = feeder.image_size, feeder.padded_size
+    unit = torch.from_numpy(xy * [w / W / Wp, h / H / Hp]).float()
+    return ShapePrompt(box=unit.flatten()) if p.box is not None else ShapePrompt(points=unit)
+
+
+def shape_prompt_mask(model: UniVSModel, feeder: FrameFeeder, position: int, shape,
+                      region: torch.Tensor) -> torch.Tensor:
+    """The target's mask on its prompt frame for a box or clicks: one decoder pass with the box / point branch's
+    tokens; a box's mask is kept inside the box. `region` (the filled box / click disks) when < 4 pixels remain."""
+    from .modeling.prompt_encoder import sample_shape_prompts
+
+    gen = torch.Generator().manual_seed(0)
+    logits = _one_pass(model, feeder, position, lambda feat, pos, z: sample_shape_prompts(
+        feat, pos, [shape], feeder.settings.prompt_tokens, z, generator=gen))
+    mask = (logits > 0) & (region > 0) if shape.box is not None else logits > 0
+    return mask.float() if mask.sum() >= 4 else region
 
 
 # ---------------------------------------------------------------------- run options
@@ -369,13 +421,18 @@ class RunOptions:
     each target's first prompt, "backward" towards `start`, or "both". settings: a task name of
     univs_engine.presets (official settings for the model's backbone), "auto" (track: refvos when every
     prompt is text, else vos; segment: the task's own) or a TaskSettings, e.g.
-    dataclasses.replace(get_settings("vos", "r50"), clip_len=3) to override one knob. seed: prompt-cell draws."""
+    dataclasses.replace(get_settings("vos", "r50"), clip_len=3) to override one knob. seed: prompt-cell draws.
+    prompt_mode (track): how boxes and clicks become prompt tokens on their frame. "official": the trained box /
+    point branches (a box or positive clicks alone; anything else is refused); "refine": a filled box / click disks
+    / scribble, refined by one decoder pass into a mask prompt (a project extension, also takes negative clicks);
+    "auto": official where it applies, else refine. Masks always take the mask branch."""
 
     start: int = 0
     stop: int | None = None
     direction: str = "forward"
     settings: str | TaskSettings = "auto"
     seed: int = 0
+    prompt_mode: str = "auto"
 
     def frame_range(self, num_frames: int) -> tuple[int, int]:
         """[start, stop) checked against a video of num_frames frames."""
@@ -384,6 +441,8 @@ class RunOptions:
             raise ValueError(f"frame range [{self.start}, {stop}) is outside the video's {num_frames} frames")
         if self.direction not in ("forward", "backward", "both"):
             raise ValueError(f"direction must be forward, backward or both, not {self.direction!r}")
+        if self.prompt_mode not in PROMPT_MODES:
+            raise ValueError(f"prompt_mode must be auto, official or refine, not {self.prompt_mode!r}")
         return self.start, stop
 
     def task_settings(self, task: str, model: UniVSModel) -> TaskSettings:
@@ -441,7 +500,7 @@ def track(model: UniVSModel, video, prompts: Sequence[Prompt], options: RunOptio
     total, done, written = sum(len(r) for r in runs), 0, set()
     for order in runs:
         backward = order[0] > order[-1]
-        for frame, logits, ids in _run_prompted(model, source, prompts, order, settings, options.seed):
+        for frame, logits, ids in _run_prompted(model, source, prompts, order, settings, options):
             if cancel is not None and cancel():
                 raise Cancelled(tracks)
             if not (backward and frame in written):  # in "both", the forward pass owns shared frames
@@ -501,23 +560,23 @@ class _PromptJob:
 
     ids: list[int]
     settings: TaskSettings
-    annotations: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+    annotations: dict[int, tuple] | None = None  # see PromptedClipLoop
     text: TextTargets | None = None
     stuff: StuffHelp | None = None
 
 
-def _run_prompted(model, source, prompts, order, settings: TaskSettings, seed: int):
+def _run_prompted(model, source, prompts, order, settings: TaskSettings, options: RunOptions):
     """One pass over `order` (frame indices) -> (frame, logits [N, H, W] at the source size, object ids).
-    Visual and text targets run as separate clip loops."""
+    Visual and text targets run as separate clip loops; options gives the seed and the prompt mode."""
     feeder = FrameFeeder(source, model, settings, order)
     try:
         position = {f: k for k, f in enumerate(order)}
         settings = replace(settings, clip_len=min(settings.clip_len, len(order)))
         visual = [p for p in prompts if p.frame in position and p.text is None]
         text = [p for p in prompts if p.frame in position and p.text is not None]
-        jobs = ([_visual_job(model, feeder, visual, position, settings)] if visual else []) + \
+        jobs = ([_visual_job(model, feeder, visual, position, settings, options.prompt_mode)] if visual else []) + \
                ([_text_job(model, text, settings)] if text else [])
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(options.seed)
         for job in jobs:
             loop = PromptedClipLoop(model.net, job.settings, feeder.geometry, generator=gen)
             with model.autocast():
@@ -528,19 +587,25 @@ def _run_prompted(model, source, prompts, order, settings: TaskSettings, seed: i
 
 
 def _visual_job(model, feeder: FrameFeeder, visual: list[Prompt], position: dict[int, int],
-                settings: TaskSettings) -> _PromptJob:
-    """Masks, boxes, clicks and scribbles -> annotation masks at the model's resolution, per run position."""
+                settings: TaskSettings, mode: str = "auto") -> _PromptJob:
+    """Masks, boxes, clicks and scribbles -> annotations per run position: masks at the model's resolution, and
+    for targets given as a box or clicks the ShapePrompt whose tokens the loop uses on that frame (see
+    RunOptions.prompt_mode)."""
     ids = sorted({p.obj_id for p in visual})
-    ann: dict[int, tuple[list[int], list[torch.Tensor]]] = {}
+    ann: dict[int, tuple[list[int], list[torch.Tensor], list]] = {}
     for p in sorted(visual, key=lambda p: p.frame):
         k = position[p.frame]
         region = feeder.to_padded(prompt_to_mask(p, feeder.source.height, feeder.source.width))
-        if p.mask is None:  # clicks, boxes, scribbles: let the model draw the mask first
+        shape = shape_prompt(p, mode, feeder)
+        if shape is not None:  # box / positive clicks: the official branch's tokens, their mask from one pass
+            region = shape_prompt_mask(model, feeder, k, shape, region)
+        elif p.mask is None:  # refine: let the model draw the mask first
             region = refine_prompt(model, feeder, k, region)
-        ann.setdefault(k, ([], []))
-        ann[k][0].append(ids.index(p.obj_id))
-        ann[k][1].append(region)
-    annotations = {k: (torch.tensor(i), torch.stack(m)) for k, (i, m) in ann.items()}
+        rows = ann.setdefault(k, ([], [], []))
+        rows[0].append(ids.index(p.obj_id))
+        rows[1].append(region)
+        rows[2].append(shape)
+    annotations = {k: (torch.tensor(i), torch.stack(m), s) for k, (i, m, s) in ann.items()}
     stuff = _stuff_help(model, ids, {p.obj_id: p.label for p in visual}) if settings.stuff_from_semantics else None
     return _PromptJob(ids, settings, annotations=annotations, stuff=stuff)
 

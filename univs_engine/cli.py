@@ -21,7 +21,8 @@ OUTPUT_FOLDERS = ("ids", "masks", "color")
 TASKS = {"vos": "track", "pvos": "track", "refvos": "track", "vis": "instance", "vss": "semantic", "vps": "panoptic"}
 # options that only prompt-guided tasks use, with their spelling
 TRACK_OPTIONS = {"prompts": "--prompts", "frame": "--frame", "points": "--points", "neg_points": "--neg-points",
-                 "box": "--box", "mask": "--mask", "text": "--text", "direction": "--direction"}
+                 "box": "--box", "mask": "--mask", "text": "--text", "direction": "--direction",
+                 "prompt_mode": "--prompt-mode"}
 MAX_OBJECT_ID = 255     # the ids/ palette PNGs hold ids 1..255
 MAX_CLICKS = 1000
 MAX_CLASSES = 5000
@@ -426,7 +427,8 @@ def run(args, model, source, prompts, frames: tuple[int, int], stop: Interrupts)
     stop.running = True
     try:
         if prompts is not None:
-            options = RunOptions(frames[0], frames[1], args.direction or "forward", args.task)
+            options = RunOptions(frames[0], frames[1], args.direction or "forward", args.task,
+                                 prompt_mode=args.prompt_mode or "auto")
             tracks = track(model, guard.source, prompts, options, progress=progress, cancel=cancel)
         else:
             options = RunOptions(*frames, settings=args.task)
@@ -583,6 +585,10 @@ def _segment_parser(sub) -> None:
                    help="referring expression ('label: expression'); repeatable")
     s.add_argument("--classes", type=_classes, help="comma-separated vocabulary for vis/vss/vps (default: the model's)")
     s.add_argument("--direction", choices=["forward", "backward", "both"], help="default forward")
+    s.add_argument("--prompt-mode", choices=["auto", "official", "refine"],
+                   help="how --box/--points become prompts: official = the trained box/point encoders (a box or "
+                   "positive clicks alone), refine = a filled box/click disks refined by one model pass (also takes "
+                   "--neg-points); default auto = official where it applies")
     s.add_argument("--start", type=_count, help="first frame to process (default 0)")
     s.add_argument("--stop", type=_count, help="frame to stop before (default: the end)")
     s.add_argument("--device", type=_device, default="cpu", help="cpu (default), cuda or cuda:N")

@@ -70,7 +70,7 @@ class TrackState:
         """An independent copy (tensors cloned, on `device` if given)."""
         move = lambda t: t.detach().to(device, copy=True)  # noqa: E731
         return TrackState(move(self.first_frames), move(self.logits), move(self.boxes), move(self.embds), self.end,
-                          None if self.memory is None else self.memory.copy(device))
+                          None if self.memory is None else self.memory.copy(device), dict(self.shapes))
 
 
 @dataclass

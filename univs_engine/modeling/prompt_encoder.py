@@ -1,8 +1,14 @@
 """Visual prompt encoder: parameter-free sampling of prompt tokens from the 1/8 decoder level.
 
-A target given as a mask (points, boxes and scribbles are turned into masks first, see
-`prompt_to_mask` in univs_engine/api.py) becomes R tokens: R feature vectors of the 1/8 map inside the mask and the 3D
-positional encodings at the same cells. These tokens are what the memory pool stores.
+A target becomes R tokens: R feature vectors of the 1/8 map and their 3D positional encodings. These tokens
+are what the memory pool stores. Three branches, as in the official sampler (`VisualPromptEncoder`):
+
+* mask (`sample_mask_prompts`): R cells inside the mask;
+* box (`sample_box_prompts`): R cells inside the box (asymmetric cell bounds, see `box_cells`);
+* point (`sample_point_prompts`): the bilinear feature at the click, repeated.
+
+Negative clicks and scribbles have no official branch: univs_engine/api.py turns them into a mask first
+(`prompt_to_mask`, `refine_prompt`).
 """
 from __future__ import annotations
 
@@ -27,6 +33,16 @@ recorded draws."""
 def randperm_draw(generator: torch.Generator | None = None) -> PermutationDraw:
     """The default draw: ``torch.randperm(n)`` on ``generator`` (the global CPU generator when None)."""
     return lambda n: torch.randperm(n, generator=generator, device="cpu")
+
+
+UniformDraw = Callable[[tuple[int, ...]], torch.Tensor]
+"""rand(shape) -> float32 values uniform in [0, 1) on the CPU, as torch.rand: the box branch's only other
+source of randomness (the offsets of its fallback points, drawn before its permutations)."""
+
+
+def uniform_draw(generator: torch.Generator | None = None) -> UniformDraw:
+    """The default uniform draw: ``torch.rand(shape)`` on ``generator`` (the global CPU generator when None)."""
+    return lambda shape: torch.rand(shape, generator=generator, device="cpu")
 
 
 @dataclass
@@ -112,13 +128,28 @@ def sample_mask_prompts(feat: torch.Tensor, pos: torch.Tensor, masks: torch.Tens
     weighted = (cells * binary).flatten(1)
     mean_feat = weighted @ feat.flatten(1).t() / weighted.sum(1, keepdim=True).clamp(min=0.5)
 
+    tok, pes = dense_tokens(feat, pos, binary, mean_feat, point_pe, num_tokens, draw)
+    keep = valid[:, None, None].to(tok.dtype)
+    return PromptTokens(tok * keep, pes * keep, points, valid)
+
+
+def dense_tokens(feat: torch.Tensor, pos: torch.Tensor, cells: torch.Tensor, fallback_feat: torch.Tensor,
+                 fallback_pe: torch.Tensor, num_tokens: int,
+                 draw: PermutationDraw) -> tuple[torch.Tensor, torch.Tensor]:
+    """R tokens per object from the cells it covers (the official get_dense_features).
+
+    feat/pos [C, h, w]; cells [N, h, w] bool; fallback_feat/fallback_pe [N, C] fill all R tokens of an object
+    covering no cell. More than R cells: R drawn without replacement (draw(n)[:R] over the cells in row-major
+    order); fewer: the row-major cell list tiled to R. -> tokens, pe [N, R, C].
+    """
+    C = feat.shape[0]
     feat_flat, pos_flat = feat.flatten(1).t(), pos.flatten(1).t()
     tokens, pe = [], []
-    for i in range(N):
-        idx = torch.nonzero(binary[i].flatten()).flatten()
+    for i in range(cells.shape[0]):
+        idx = torch.nonzero(cells[i].flatten()).flatten()
         if len(idx) == 0:
-            tokens.append(mean_feat[i].expand(num_tokens, C))
-            pe.append(point_pe[i].expand(num_tokens, C))
+            tokens.append(fallback_feat[i].expand(num_tokens, C))
+            pe.append(fallback_pe[i].expand(num_tokens, C))
             continue
         if len(idx) < num_tokens:
             idx = idx.repeat(num_tokens // len(idx) + 1)[:num_tokens]
@@ -126,7 +157,128 @@ def sample_mask_prompts(feat: torch.Tensor, pos: torch.Tensor, masks: torch.Tens
             idx = idx[draw(len(idx))[:num_tokens].to(idx.device)]
         tokens.append(feat_flat[idx])
         pe.append(pos_flat[idx])
-    tok = torch.stack(tokens) if N else feat.new_zeros(0, num_tokens, C)
-    pes = torch.stack(pe) if N else feat.new_zeros(0, num_tokens, C)
+    if not tokens:
+        return feat.new_zeros(0, num_tokens, C), feat.new_zeros(0, num_tokens, C)
+    return torch.stack(tokens), torch.stack(pe)
+
+
+def box_cells(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The 1/8 cells a box covers, with the official bounds: cell (y, x) is inside box (x0, y0, x1, y1) (normalised
+    by the padded input size) when floor(x0 w) < x <= ceil(x1 w) and floor(y0 h) < y <= ceil(y1 h) -- asymmetric:
+    the cell holding the left/top edge is out, the one past the right/bottom edge in. boxes [N, 4] -> bool [N, h, w].
+    """
+    scaled = boxes.float() * torch.tensor([w, h, w, h], dtype=torch.float32, device=boxes.device)
+    lo, hi = scaled[:, :2].floor(), scaled[:, 2:].ceil()
+    xs = torch.arange(w, device=boxes.device)
+    ys = torch.arange(h, device=boxes.device)
+    in_x = (xs > lo[:, 0:1]) & (xs <= hi[:, 0:1])
+    in_y = (ys > lo[:, 1:2]) & (ys <= hi[:, 1:2])
+    return in_y[:, :, None] & in_x[:, None, :]
+
+
+def bilinear_sample(feat: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Features at normalised points (x, y in [0, 1]), bilinear with align_corners False and zero padding, as
+    detectron2's point_sample. feat [C, h, w], points [K, 2] -> [K, C]."""
+    grid = (2 * points - 1).to(feat.dtype).view(1, -1, 1, 2)
+    return F.grid_sample(feat[None], grid, mode="bilinear", align_corners=False)[0, :, :, 0].t()
+
+
+def sample_box_prompts(feat: torch.Tensor, pos: torch.Tensor, boxes: torch.Tensor, num_tokens: int,
+                       frame_phase: torch.Tensor, generator: torch.Generator | None = None,
+                       draw: PermutationDraw | None = None, rand: UniformDraw | None = None) -> PromptTokens:
+    """Encode N boxes on one frame (the official get_box_prompt at inference).
+
+    feat/pos [C, h, w] as for masks; boxes [N, 4] xyxy normalised by the padded input size (8w x 8h). Tokens: R
+    cells of `box_cells` (drawn / tiled as in `dense_tokens`) with the map's encodings there. A box covering no
+    cell (it lies in the last cell row or column) fills its R tokens with the bilinear feature at a point drawn
+    uniformly within +-box/4 of its centre, and that point's encoding. Draws: rand((N, 2)) for every box first
+    (the official code draws these points even when unused), then the permutations; ``draw``/``rand`` replace
+    ``generator``. The official mean feature inside the box only reaches the tokens when dense sampling is off,
+    which no inference path does, so it is not computed. Boxes with zero width or height give zero tokens.
+    """
+    draw = draw or randperm_draw(generator)
+    rand = rand or uniform_draw(generator)
+    C, h, w = feat.shape
+    N = boxes.shape[0]
+    boxes = boxes.float()
+    centre, wh = (boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]
+    offsets = rand((N, 2)).to(boxes.device) * 2 - 1
+    points = centre + offsets * 0.25 * wh
+    point_pe = sine_position_points(points, frame_phase.expand(N), C // 2)
+    cells = box_cells(boxes, h, w)
+    point_feat = bilinear_sample(feat, points) if N else feat.new_zeros(0, C)
+    tok, pes = dense_tokens(feat, pos, cells, point_feat, point_pe, num_tokens, draw)
+    valid = (wh > 0).all(-1)
     keep = valid[:, None, None].to(tok.dtype)
     return PromptTokens(tok * keep, pes * keep, points, valid)
+
+
+def sample_point_prompts(feat: torch.Tensor, points: list[torch.Tensor], num_tokens: int,
+                         frame_phase: torch.Tensor) -> PromptTokens:
+    """Encode N targets given as clicks on one frame (the official get_point_prompt; no randomness).
+
+    feat [C, h, w] as for masks; points: per target [K, 2] clicks (x, y) normalised by the padded input size.
+    A click's token is the bilinear feature at it (`bilinear_sample`), its encoding the 3D sine encoding at the
+    point (`sine_position_points`, as forward_points_with_size). One click fills all R tokens (the official branch);
+    K clicks of one target are tiled over the R tokens in click order (token j from click j mod K), as the dense
+    sampler tiles a short cell list -- the official code has one point per target only. Clicks outside [0, 1] are
+    dropped; a target with none left gets zero tokens. -> tokens/pe [N, R, C], points [N, 2] (first click).
+    """
+    C = feat.shape[0]
+    tokens, pe, first, valid = [], [], [], []
+    for xy in points:
+        xy = xy.float().reshape(-1, 2).to(feat.device)
+        xy = xy[((xy >= 0) & (xy <= 1)).all(-1)]
+        if len(xy) == 0:
+            tokens.append(feat.new_zeros(num_tokens, C))
+            pe.append(feat.new_zeros(num_tokens, C))
+            first.append(feat.new_zeros(2, dtype=torch.float32))
+            valid.append(False)
+            continue
+        idx = torch.arange(num_tokens, device=feat.device) % len(xy)
+        tokens.append(bilinear_sample(feat, xy)[idx])
+        pe.append(sine_position_points(xy, frame_phase.expand(len(xy)), C // 2).to(feat.dtype)[idx])
+        first.append(xy[0])
+        valid.append(True)
+    if not tokens:
+        empty = feat.new_zeros(0, num_tokens, C)
+        return PromptTokens(empty, empty.clone(), feat.new_zeros(0, 2), torch.zeros(0, dtype=torch.bool))
+    return PromptTokens(torch.stack(tokens), torch.stack(pe), torch.stack(first),
+                        torch.tensor(valid, device=feat.device))
+
+
+@dataclass
+class ShapePrompt:
+    """A target given on one frame as a box or as positive clicks (exactly one), in coordinates normalised by the
+    padded input size: box [4] xyxy, or points [K, 2] (x, y)."""
+
+    box: torch.Tensor | None = None
+    points: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if (self.box is None) == (self.points is None):
+            raise ValueError("a ShapePrompt is a box or clicks: give exactly one of box and points")
+
+
+def sample_shape_prompts(feat: torch.Tensor, pos: torch.Tensor, shapes: list[ShapePrompt], num_tokens: int,
+                         frame_phase: torch.Tensor, generator: torch.Generator | None = None,
+                         draw: PermutationDraw | None = None, rand: UniformDraw | None = None) -> PromptTokens:
+    """Encode N targets given as boxes or clicks on one frame: the boxes through `sample_box_prompts` (one call, so
+    the draws come in the official order), the clicks through `sample_point_prompts`. -> PromptTokens, rows in
+    the order of `shapes`."""
+    C, N = feat.shape[0], len(shapes)
+    out = PromptTokens(feat.new_zeros(N, num_tokens, C), feat.new_zeros(N, num_tokens, C),
+                       feat.new_zeros(N, 2, dtype=torch.float32), torch.zeros(N, dtype=torch.bool, device=feat.device))
+    is_box = [s.box is not None for s in shapes]
+    rows = [k for k in range(N) if is_box[k]], [k for k in range(N) if not is_box[k]]
+    encs = []
+    if rows[0]:
+        boxes = torch.stack([shapes[k].box for k in rows[0]]).to(feat.device)
+        encs.append((rows[0], sample_box_prompts(feat, pos, boxes, num_tokens, frame_phase, generator, draw, rand)))
+    if rows[1]:
+        encs.append((rows[1], sample_point_prompts(feat, [shapes[k].points for k in rows[1]], num_tokens,
+                                                   frame_phase)))
+    for r, enc in encs:
+        out.tokens[r], out.pe[r] = enc.tokens.to(out.tokens.dtype), enc.pe.to(out.pe.dtype)
+        out.points[r], out.valid[r] = enc.points.float(), enc.valid.to(out.valid.device)
+    return out
