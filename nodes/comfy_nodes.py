@@ -332,7 +332,8 @@ class PropagateMasks(io.ComfyNode):
                                      "the official text_encoder file in 'Load UniVS Model'")
             total = len(rng) * (2 if direction == "both" else 1)
             options = RunOptions(rng.start, rng.stop, direction, preset, prompt_mode=prompt_mode)
-            tracks = _run_engine(track, handle, total, video=source, prompts=eprompts, options=options)
+            reuse = runtime.reuse_record(handle.model, images if images is not None else video)
+            tracks = _run_engine(track, handle, total, video=source, prompts=eprompts, options=options, reuse=reuse)
             tracks.fps = _source_fps(fps, video, source)
         finally:
             _close(source, temp)

@@ -9,6 +9,7 @@ import io as _io
 import os
 import shutil
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -26,6 +27,7 @@ __all__ = [
     "resolve_precision",
     "UniVSHandle",
     "make_progress",
+    "reuse_record",
     "make_cancel",
     "video_to_path",
     "wrap_model",
@@ -352,3 +354,24 @@ def _evict_editor_frames(folder: str, used: set[str], keep: int) -> None:
             os.remove(path)
         except OSError:
             pass
+
+
+# ---------------------------------------------------------------------------------------------- corrections
+REUSE_ENTRIES = 2  # (model, video) pairs whose last tracking run is kept for incremental corrections
+_reuse: list[tuple[Any, Any, Any]] = []  # (weakref to the model, weakref to the video input, RunRecord), oldest first
+
+
+def reuse_record(model: Any, video_input: Any):
+    """The RunRecord of the last tracking run of `model` on this very video input (an IMAGE tensor or VIDEO
+    object, the same object while ComfyUI serves it from its cache), so that a re-run after a correction
+    recomputes only from the corrected frame. Identity, not content: a new input object starts afresh."""
+    from univs_engine.reuse import RunRecord
+
+    for k, (m, v, record) in enumerate(_reuse):
+        if m() is model and v() is video_input:
+            _reuse.append(_reuse.pop(k))
+            return record
+    record = RunRecord()
+    _reuse.append((weakref.ref(model), weakref.ref(video_input), record))
+    del _reuse[:-REUSE_ENTRIES]
+    return record

@@ -118,3 +118,22 @@ def test_editor_frames_of_one_call_are_never_evicted_by_it(tmp_path):
 def test_editor_frames_take_grey_and_rgba_batches(tmp_path, channels):
     ui = R.editor_frames(torch.rand(2, 16, 20, channels), str(tmp_path))
     assert len(ui["univs_frames"]) == 2
+
+
+def test_reuse_records_follow_the_model_and_video_objects_and_are_bounded():
+    import gc
+
+    import torch
+
+    model_a, model_b = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+    video_a, video_b, video_c = torch.zeros(2, 4, 4, 3), torch.zeros(2, 4, 4, 3), torch.zeros(2, 4, 4, 3)
+    first = R.reuse_record(model_a, video_a)
+    assert R.reuse_record(model_a, video_a) is first                  # the same objects: the same record
+    assert R.reuse_record(model_b, video_a) is not first              # equal content is not enough
+    assert R.reuse_record(model_a, video_b) is not first
+    R.reuse_record(model_a, video_c)
+    assert len(R._reuse) <= R.REUSE_ENTRIES and R.reuse_record(model_a, video_a) is not first  # evicted
+    held = R.reuse_record(model_a, video_b)
+    del video_b
+    gc.collect()  # a dead input never matches, even if a new object takes its address
+    assert all(R.reuse_record(model_a, torch.zeros(1)) is not held for _ in range(3))

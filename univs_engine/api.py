@@ -26,13 +26,15 @@ from .checkpoint import (CheckpointError, check_finite, describe_load_failure, l
 from .config import UniVSConfig
 from .inference import core
 from .inference.core import Cancelled, ClipGeometry
-from .inference.vos import PromptedClipLoop, StuffHelp, TextTargets
+from .inference.vos import LoopSnapshot, PromptedClipLoop, StuffHelp, TextTargets
 from .io.video import VideoSource, preprocess_frames
 from .masks import binary_mask
 from .modeling.univs import UniVS
 from .presets import TaskSettings, get_settings
 from .prompt_checks import check_box, check_point
 from .results import Tracks
+from .reuse import (PassRecord, RunRecord, annotation_digests, copy_tracks, kept_snapshots, pass_key, resume_point,
+                    snapshot_spacing)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 SMALL_MODEL_NAMES = ("small", "univs_small")
@@ -270,8 +272,15 @@ class FrameFeeder:
         return x.to(self.model.device), size
 
     def __call__(self, a: int, b: int) -> torch.Tensor:
+        if self._contiguous and b - a > 1 and a not in self._recent and not self._next <= a < self._next + _STREAM_KEEP:
+            self._restart(a)  # a clip far from the stream (a run resumed mid-video): one new stream, not seeks
         frames = np.stack([self._frame_at(k) for k in range(a, b)])
         return self._prep(frames)[0]
+
+    def _restart(self, k: int) -> None:
+        self.close()
+        self._stream = self.source.iter_frames(self.order[k], self.order[-1] + self._step, self._step)
+        self._next = k
 
     def to_padded(self, mask: np.ndarray) -> torch.Tensor:
         """A full-resolution mask -> [Hp, Wp] at the model's input resolution (top-left placed)."""
@@ -481,35 +490,121 @@ def _passes(prompts: Sequence[Prompt], direction: str, start: int, stop: int) ->
 
 def track(model: UniVSModel, video, prompts: Sequence[Prompt], options: RunOptions | None = None, *,
           progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
-          into: Tracks | None = None) -> Tracks:
+          into: Tracks | None = None, reuse: RunRecord | None = None) -> Tracks:
     """Segment the prompted targets through the video (VOS / PVOS / RefVOS); see RunOptions.
 
-    into: existing Tracks of this video to write into (frames this run covers are replaced). When cancel()
-    returns True, Cancelled is raised with the frames finished so far."""
+    into: existing Tracks of this video to write into (frames this run covers are replaced). reuse: a RunRecord
+    kept by the caller for this model and video: when only prompts from some frame on changed since its last
+    run, only the frames from there are recomputed, with the same result as a run from the start (see
+    univs_engine.reuse). When cancel() returns True, Cancelled is raised with the frames finished so far."""
     options = options or RunOptions()
     source = as_source(video)
     start, stop = options.frame_range(source.num_frames)
     _check_prompts(prompts, start, stop)
-    tracks = into if into is not None else Tracks(source.num_frames, source.height, source.width)
-    tracks.fps = tracks.fps or source.fps
+    settings = options.task_settings(auto_preset(prompts), model)
+    _check_colour(model, source, start, stop)
+    ctx = _RunContext(reuse, _reuse_key(model, source, prompts, options, settings))
+    tracks = ctx.start_tracks(into, source)
     for p in prompts:
         if p.obj_id not in tracks.object_ids:
             tracks.add_object(p.obj_id, label=p.label or (p.text or ""))
-    settings = options.task_settings(auto_preset(prompts), model)
     runs = _passes(prompts, options.direction, start, stop)
-    total, done, written = sum(len(r) for r in runs), 0, set()
+    forward = set(runs[0]) if options.direction == "both" else set()
+    total, done = sum(len(r) * _jobs_in(prompts, r) for r in runs), 0
     for order in runs:
         backward = order[0] > order[-1]
-        for frame, logits, ids in _run_prompted(model, source, prompts, order, settings, options):
+        for frame, logits, ids, steps in _run_prompted(model, source, prompts, order, settings, options, ctx):
             if cancel is not None and cancel():
                 raise Cancelled(tracks)
-            if not (backward and frame in written):  # in "both", the forward pass owns shared frames
+            if frame is not None and not (backward and frame in forward):  # "both": forward owns shared frames
                 _write_frame(tracks, frame, logits, ids)
-                written.add(frame)
-            done += 1
+            done += steps
             if progress:
                 progress(done, total)
+    _given_frames_are_certain(tracks, prompts)
+    ctx.finish(tracks)
     return tracks
+
+
+def _given_frames_are_certain(tracks: Tracks, prompts: Sequence[Prompt]) -> None:
+    """A visual prompt's frame shows the mask the user gave (or drew from clicks): confidence 1."""
+    for p in prompts:
+        if p.text is None and tracks.has_mask(p.frame, p.obj_id):
+            tracks.set_mask(p.frame, p.obj_id, tracks.mask(p.frame, p.obj_id), confidence=1.0)
+
+
+def _jobs_in(prompts: Sequence[Prompt], order: list[int]) -> int:
+    """Clip loops a pass runs: one for visual targets, one for text targets."""
+    inside = [p for p in prompts if p.frame in set(order)]
+    return int(any(p.text is None for p in inside)) + int(any(p.text is not None for p in inside))
+
+
+MIN_COLOUR_MODEL_NOTE = ("the built-in model was trained on colour video only and does not segment grayscale video "
+                         "reliably; use a colour video or the official checkpoint")
+
+
+def _check_colour(model: UniVSModel, source: VideoSource, start: int, stop: int) -> None:
+    """Grayscale video with the built-in model is refused (measured: its masks spread over the frame)."""
+    from .io.video import is_grayscale
+
+    if model.cfg.name == "small" and is_grayscale(source, start, stop):
+        raise ValueError(f"video {source.name}: frames {start}..{stop - 1} carry no colour: {MIN_COLOUR_MODEL_NOTE}")
+
+
+def _reuse_key(model: UniVSModel, source: VideoSource, prompts: Sequence[Prompt], options: RunOptions,
+               settings: TaskSettings) -> tuple:
+    """Everything besides visual prompts a run's result depends on (compared exactly by a RunRecord)."""
+    visual = sorted({p.obj_id for p in prompts if p.text is None})
+    text = sorted((p.obj_id, p.frame, p.text) for p in prompts if p.text is not None)
+    start, stop = options.frame_range(source.num_frames)
+    passes = tuple(pass_key(order) for order in _passes(prompts, options.direction, start, stop))
+    return (id(model.net), model.name, str(model.precision), source.name, source.num_frames, source.height,
+            source.width, options, settings, tuple(visual), tuple(text), passes)
+
+
+@dataclass
+class _RunContext:
+    """A run's link to its RunRecord: what may be resumed, and what the run records (kept only if it ends)."""
+
+    record: RunRecord | None
+    key: tuple
+    reusable: bool = False
+    pending: dict = field(default_factory=dict)
+
+    def start_tracks(self, into: Tracks | None, source: VideoSource) -> Tracks:
+        if self.record is not None and into is not None:
+            raise ValueError("track: give `into` or `reuse`, not both")
+        if self.record is not None:
+            self.reusable = self.record.matches(self.key)
+            if not self.reusable:
+                self.record.start(self.key)
+            else:
+                return copy_tracks(self.record.tracks)
+        tracks = into if into is not None else Tracks(source.num_frames, source.height, source.width)
+        tracks.fps = tracks.fps or source.fps
+        return tracks
+
+    def plan(self, order: list[int], job: "_PromptJob"):
+        """None: run the loop from the start; True: nothing changed (its frames are reused); a LoopSnapshot."""
+        if self.record is None or not self.reusable:
+            return None
+        if job.text is not None:
+            return True  # text prompts are part of the key: unchanged here
+        digests = annotation_digests(job.annotations)
+        return resume_point(self.record.passes.get(pass_key(order)), order, job.ids, digests, job.settings.clip_len)
+
+    def keep(self, order: list[int], job: "_PromptJob", resumed, snapshots) -> None:
+        if self.record is None or job.text is not None:
+            return
+        old = self.record.passes.get(pass_key(order)) if self.reusable else None
+        snap = resumed if isinstance(resumed, LoopSnapshot) else None
+        self.pending[pass_key(order)] = PassRecord(order, job.ids, annotation_digests(job.annotations),
+                                                   kept_snapshots(old, snap, snapshots))
+
+    def finish(self, tracks: Tracks) -> None:
+        if self.record is not None:
+            self.record.passes.update(self.pending)
+            self.record.tracks = copy_tracks(tracks)
 
 
 def _write_frame(tracks: Tracks, frame: int, logits: torch.Tensor, ids: list[int]) -> None:
@@ -565,9 +660,10 @@ class _PromptJob:
     stuff: StuffHelp | None = None
 
 
-def _run_prompted(model, source, prompts, order, settings: TaskSettings, options: RunOptions):
-    """One pass over `order` (frame indices) -> (frame, logits [N, H, W] at the source size, object ids).
-    Visual and text targets run as separate clip loops; options gives the seed and the prompt mode."""
+def _run_prompted(model, source, prompts, order, settings: TaskSettings, options: RunOptions, ctx: _RunContext):
+    """One pass over `order` (frame indices) -> (frame, logits [N, H, W] at the source size, object ids, progress
+    steps). Visual and text targets run as separate clip loops; options gives the seed and the prompt mode;
+    ctx says where a loop may resume (frames before it are reused) and keeps its snapshots."""
     feeder = FrameFeeder(source, model, settings, order)
     try:
         position = {f: k for k, f in enumerate(order)}
@@ -578,12 +674,26 @@ def _run_prompted(model, source, prompts, order, settings: TaskSettings, options
                ([_text_job(model, text, settings)] if text else [])
         gen = torch.Generator().manual_seed(options.seed)
         for job in jobs:
-            loop = PromptedClipLoop(model.net, job.settings, feeder.geometry, generator=gen)
-            with model.autocast():
-                for k, logits, _ in loop.run(feeder, len(job.ids), job.annotations, job.text, job.stuff):
-                    yield order[k], feeder.to_original(logits), job.ids
+            yield from _run_job(model, feeder, job, gen, ctx)
     finally:
         feeder.close()
+
+
+def _run_job(model, feeder: FrameFeeder, job: "_PromptJob", gen: torch.Generator, ctx: _RunContext):
+    order = feeder.order
+    resume = ctx.plan(order, job)
+    if resume is True:  # unchanged: its frames stay as the record has them
+        yield None, None, None, len(order)
+        return
+    loop = PromptedClipLoop(model.net, job.settings, feeder.geometry, generator=gen)
+    if ctx.record is not None and job.text is None:
+        loop.snapshot_every = snapshot_spacing(len(order), job.settings.clip_len)
+    last = 0  # progress counts reused frames as done
+    with model.autocast():
+        for k, logits, _ in loop.run(feeder, len(job.ids), job.annotations, job.text, job.stuff, resume=resume):
+            yield order[k], feeder.to_original(logits), job.ids, k + 1 - last
+            last = k + 1
+    ctx.keep(order, job, resume, loop.snapshots)
 
 
 def _visual_job(model, feeder: FrameFeeder, visual: list[Prompt], position: dict[int, int],
@@ -634,6 +744,7 @@ def segment(model: UniVSModel, video, task: str = "instance", vocabulary: Sequen
         raise ValueError(f"direction {options.direction!r}: category-guided tasks run forward only")
     source = as_source(video)
     start, stop = options.frame_range(source.num_frames)
+    _check_colour(model, source, start, stop)
     names, embeddings, things = resolve_vocabulary(model, vocabulary)
     if task == "instance" and not all(things) and any(things):
         keep = [i for i, t in enumerate(things) if t]  # instances are things; stuff has no instances

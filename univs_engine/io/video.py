@@ -697,6 +697,23 @@ class VideoSource:
         self.close()
 
 
+GREY_TOLERANCE = 12      # grey levels two channels of one pixel may differ by in a grey frame (codec rounding)
+GREY_COLOUR_SHARE = 1e-3  # a frame with more colourful pixels than this share is a colour frame
+
+
+def is_grayscale(source: "VideoSource", start: int = 0, stop: int | None = None, samples: int = 8) -> bool:
+    """Whether frames [start, stop) carry no colour: none of `samples` evenly spread frames has more than
+    GREY_COLOUR_SHARE of its pixels with channels differing by more than GREY_TOLERANCE. A colour video with
+    black or grey frames (fades, titles) is colour as soon as one sampled frame has colour."""
+    stop = source.num_frames if stop is None else stop
+    for i in np.unique(np.linspace(start, stop - 1, max(1, samples)).round().astype(int)):
+        f = source.frame(int(i)).astype(np.int16)
+        spread = np.maximum(np.abs(f[..., 0] - f[..., 1]), np.abs(f[..., 1] - f[..., 2]))
+        if (spread > GREY_TOLERANCE).mean() > GREY_COLOUR_SHARE:
+            return False
+    return True
+
+
 def iter_rgba_frames(path: str | os.PathLike[str]) -> Iterator[np.ndarray]:
     """Decode a video with alpha (ProRes 4444, VP9/VP8 with ``alpha_mode``) into uint8 ``[H, W, 4]`` RGBA.
 
