@@ -183,3 +183,18 @@ def test_frames_below_the_minimum_size_are_refused(model):
         track(model, tiny, [Prompt(1, 0, box=(0, 0, 5, 5))])
     with pytest.raises(ValueError, match="too small"):
         segment(model, tiny, task="semantic")
+
+
+def test_grayscale_video_is_refused_for_the_built_in_model_but_colour_with_black_frames_is_not(model, video):
+    """Measured: on grayscale input the built-in model's masks spread over the frame (colour-only training)."""
+    from univs_engine.io.video import VideoSource, is_grayscale
+
+    grey = video.mean(-1, keepdims=True).astype(np.uint8).repeat(3, -1)
+    with pytest.raises(ValueError, match="carry no colour"):
+        track(model, grey, [Prompt(1, 0, mask=square(0))])
+    with pytest.raises(ValueError, match="carry no colour"):
+        segment(model, grey, "semantic")
+    faded = video.copy()
+    faded[:4] = 0  # a fade from black is still a colour video
+    assert not is_grayscale(VideoSource(faded)) and is_grayscale(VideoSource(grey))
+    track(model, faded, [Prompt(1, 5, mask=square(5))])
