@@ -7,9 +7,13 @@
 #   3. start `main.py --cpu` on 127.0.0.1:$PORT, wait for GET /object_info (polled, with a deadline)
 #   4. /object_info lists every UniVS_* node the pack defines (read from nodes/*.py), no import failure in the log,
 #      the sample video(s) the templates load are in LoadVideo's combo (the pack copies them at load time)
-#   5. every workflows/*.json: static type check (.ci/check_workflow_types.py), then run through
-#      shared/comfyui/run_workflow.py; every output file it reports must exist and be non-empty. A template whose
-#      top-level extra.univs_ci is "validate-only" (needs models that are not shipped) is only type-checked.
+#   5. every workflows/*.json and subgraphs/*.json: static type check (.ci/check_workflow_types.py); then every
+#      template runs through shared/comfyui/run_workflow.py; every output file it reports must exist and be
+#      non-empty. A template whose top-level extra.univs_ci is "validate-only" (needs models that are not shipped)
+#      is only type-checked. A template with extra.univs_ci_check = "composite-over-colour" also gets its saved
+#      video's pixels checked (.ci/check_composite_output.py: the tracked object over the new background colour).
+#      Every subgraph blueprint then runs inside a small workflow (sample clip, first 12 frames -> blueprint ->
+#      Preview Image of the matte + Mask Preview): both previews must show 12 frames.
 #   6. tests/test_comfy_server.py against the running server, then tests/test_nodes_comfy.py with ComfyUI
 #      importable; each must run with 0 skipped
 # Environment:
@@ -29,6 +33,7 @@ SHARED=$(cd "$SHARED" && pwd)
 TARBALL=$SHARED/comfyui-0.33.0.tar.gz
 RUN_WF=$SHARED/run_workflow.py
 CHECK_TYPES=$REPO/.ci/check_workflow_types.py
+CHECK_COMPOSITE=$REPO/.ci/check_composite_output.py
 PORT=${UNIVS_E2E_PORT:-8188}
 READY_TIMEOUT=${UNIVS_E2E_READY_TIMEOUT:-300}
 WF_TIMEOUT=${UNIVS_E2E_WORKFLOW_TIMEOUT:-420}
@@ -151,8 +156,10 @@ log "pack defines ${#EXPECTED_NODES[@]} nodes: ${EXPECTED_NODES[*]}"
 
 shopt -s nullglob
 TEMPLATES=("$PACK"/workflows/*.json)
+BLUEPRINTS=("$PACK"/subgraphs/*.json)
 shopt -u nullglob
 ((${#TEMPLATES[@]} > 0)) || die "no templates in workflows/*.json"
+((${#BLUEPRINTS[@]} > 0)) || die "no subgraph blueprints in subgraphs/*.json"
 
 # ------------------------------------------------------------------------------------------ 4. start the server
 PORT=$($PY - "$PORT" <<'PY'
@@ -270,18 +277,19 @@ if ! grep -q '^INFO' "$RES/registration.txt"; then fail_later "registration chec
 ls -la "$COMFY/input" | sed 's/^/  input: /'
 
 # ------------------------------------------------------------------------------------------ 5b. templates
-log "static type check of ${#TEMPLATES[@]} template(s) against /object_info"
+log "static type check of ${#TEMPLATES[@]} template(s) and ${#BLUEPRINTS[@]} blueprint(s) against /object_info"
 declare -A TYPECHECK=()
 rc=0
-(cd "$PACK" && python "$CHECK_TYPES" --server "$URL" "${TEMPLATES[@]#"$PACK"/}") >"$RES/typecheck.txt" 2>&1 || rc=$?
+(cd "$PACK" && python "$CHECK_TYPES" --server "$URL" "${TEMPLATES[@]#"$PACK"/}" "${BLUEPRINTS[@]#"$PACK"/}") \
+    >"$RES/typecheck.txt" 2>&1 || rc=$?
 cat "$RES/typecheck.txt"
-for wf in "${TEMPLATES[@]}"; do
+for wf in "${TEMPLATES[@]}" "${BLUEPRINTS[@]}"; do
     rel=${wf#"$PACK"/}
     if grep -qF "ok   $rel: " "$RES/typecheck.txt"; then
         TYPECHECK[$rel]=ok
     else
         TYPECHECK[$rel]=FAIL
-        fail_later "template $(basename "$wf" .json): static type check failed (see the problems listed above)"
+        fail_later "${rel%%/*} $(basename "$wf" .json): static type check failed (see the problems listed above)"
     fi
 done
 ((rc == 0)) || grep -q '^FAIL ' "$RES/typecheck.txt" || fail_later "check_workflow_types.py failed (exit code $rc)"
@@ -388,8 +396,112 @@ PY
             fail_later "template $name: node validation errors or missing/empty outputs (see OUTPUT PROBLEM lines)"
             rc=5
         fi
+        check=$($PY -c 'import json,sys; print((json.load(open(sys.argv[1])).get("extra") or {}).get("univs_ci_check") or "")' "$wf")
+        case $check in
+            "") ;;
+            composite-over-colour)
+                if python "$CHECK_COMPOSITE" "$wf" "$RES/$name.out" "$COMFY" >"$RES/$name.composite.txt" 2>&1; then
+                    sed 's/^/  /' "$RES/$name.composite.txt"
+                    log "template $name: output video shows the tracked object over the new background"
+                else
+                    sed 's/^/  /' "$RES/$name.composite.txt"
+                    fail_later "template $name: the saved video does not show the object over the new background"
+                    rc=6
+                fi ;;
+            *) fail_later "template $name: unknown extra.univs_ci_check value '$check'"; rc=6 ;;
+        esac
     fi
     ROWS+=("$name|$rc|$secs|${nfiles:--}")
+done
+
+# ------------------------------------------------------------------------------------------ 5c. blueprints
+# Each blueprint as a user wires it: Load Video (the sample) -> Get Video Components -> first 12 frames ->
+# blueprint -> Preview Image (matte) + Mask Preview (mask). The text blueprint describes the sample's cross, the
+# clicks blueprint gets one click on it (a core Text (Multiline) node on positive_coords).
+BP_FRAMES=12
+for bp in "${BLUEPRINTS[@]}"; do
+    name=$(basename "$bp" .json)
+    wrapper=$RES/blueprint-$(printf '%s' "$name" | tr -c 'A-Za-z0-9' '_').json
+    if ! $PY - "$bp" "$wrapper" "$BP_FRAMES" <<'PY'
+import json, sys
+bp, frames = json.load(open(sys.argv[1])), int(sys.argv[3])
+sg = bp["definitions"]["subgraphs"][0]
+root = json.loads(json.dumps(bp["nodes"][0]))
+for n in sg["nodes"]:  # the prompt: the sample's purple cross
+    if n["type"] == "UniVS_TextRefer":
+        n["widgets_values"][0] = "cross: the cross moving down"
+base = max([n["id"] for n in sg["nodes"]] + [root["id"]])
+ids = {k: base + i for i, k in enumerate(["load", "comps", "first", "matte", "mask", "click"], start=1)}
+root["pos"] = [700, 0]
+links, nodes = [], []
+def link(src, src_slot, dst_node, dst_name, typ):
+    lid = len(links) + 1
+    links.append([lid, src, src_slot, dst_node["id"], [i["name"] for i in dst_node["inputs"]].index(dst_name), typ])
+    next(i for i in dst_node["inputs"] if i["name"] == dst_name)["link"] = lid
+    return lid
+def node(key, typ, inputs, outputs, widgets, pos):
+    n = {"id": ids[key], "type": typ, "pos": pos, "size": [300, 200], "flags": {}, "order": 0, "mode": 0,
+         "inputs": [{"name": a, "type": t, "link": None} for a, t in inputs],
+         "outputs": [{"name": a, "type": t, "links": []} for a, t in outputs], "properties": {}, "widgets_values": widgets}
+    nodes.append(n)
+    return n
+load = node("load", "LoadVideo", [], [("VIDEO", "VIDEO")], ["univs_sample.mp4", "image"], [0, 0])
+comps = node("comps", "GetVideoComponents", [("video", "VIDEO")], [("images", "IMAGE")], [], [0, 600])
+first = node("first", "ImageFromBatch", [("image", "IMAGE")], [("IMAGE", "IMAGE")], [0, frames], [350, 0])
+matte = node("matte", "PreviewImage", [("images", "IMAGE")], [], [], [1100, 0])
+mask = node("mask", "MaskPreview", [("mask", "MASK")], [], [], [1100, 400])
+link(ids["load"], 0, comps, "video", "VIDEO")
+link(ids["comps"], 0, first, "image", "IMAGE")
+link(ids["first"], 0, root, "images", "IMAGE")
+out = [o["name"] for o in root["outputs"]]
+link(root["id"], out.index("matte"), matte, "images", "IMAGE")
+link(root["id"], out.index("mask"), mask, "mask", "MASK")
+if any(i["name"] == "positive_coords" for i in root["inputs"]):
+    click = node("click", "PrimitiveStringMultiline", [], [("STRING", "STRING")], ['[{"x": 84, "y": 83}]'], [350, 400])
+    link(ids["click"], 0, root, "positive_coords", "STRING")
+for l in links:
+    src = next(n for n in nodes + [root] if n["id"] == l[1])
+    src["outputs"][l[2]]["links"].append(l[0])
+wf = {"last_node_id": max(ids.values()), "last_link_id": len(links), "nodes": nodes + [root], "links": links,
+      "groups": [], "definitions": bp["definitions"], "config": {}, "extra": {}, "version": 0.4}
+json.dump(wf, open(sys.argv[2], "w"), indent=1)
+PY
+    then
+        fail_later "blueprint $name: could not build the workflow that runs it"
+        ROWS+=("blueprint: $name|wrapper-failed|-|-")
+        continue
+    fi
+    log "running blueprint $name (sample clip, first $BP_FRAMES frames)"
+    t=$(date +%s.%N)
+    rc=0
+    python "$RUN_WF" --server "$URL" --timeout "$WF_TIMEOUT" --json "$wrapper" >"$RES/$name.out" 2>"$RES/$name.err" || rc=$?
+    secs=$($PY -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$t" "$(date +%s.%N)")
+    sed -n '/^{$/q;p' "$RES/$name.out" | sed 's/^/    /'
+    nimg=-
+    if ((rc != 0)); then
+        sed 's/^/    stderr: /' "$RES/$name.err" | tail -n 40
+        fail_later "blueprint $name: run_workflow.py exit code $rc (1 validation, 2 execution error, 3 timeout)"
+    elif nimg=$($PY - "$RES/$name.out" "$BP_FRAMES" <<'PY'
+import json, sys
+lines = open(sys.argv[1]).read().splitlines()
+entry = json.loads("\n".join(lines[lines.index("{"):]))
+api = entry["prompt"][2]
+counts = {api[k]["class_type"]: len(v.get("images") or []) for k, v in entry["outputs"].items()
+          if api.get(k, {}).get("class_type") in ("PreviewImage", "MaskPreview")}
+want = int(sys.argv[2])
+bad = {k: v for k, v in counts.items() if v != want}
+if bad or set(counts) != {"PreviewImage", "MaskPreview"}:
+    print(f"    BLUEPRINT PROBLEM: preview frames {counts}, want {want} in Preview Image and Mask Preview", file=sys.stderr)
+    sys.exit(1)
+print(sum(counts.values()))
+PY
+    ); then
+        log "blueprint $name: ok, matte and mask previews show $BP_FRAMES frames each"
+    else
+        fail_later "blueprint $name: the matte / mask previews are missing frames"
+        rc=5
+    fi
+    ROWS+=("blueprint: $name|$rc|$secs|$nimg images")
 done
 
 w=8

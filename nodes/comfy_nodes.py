@@ -306,7 +306,7 @@ class PropagateMasks(io.ComfyNode):
                 io.Combo.Input("preset", options=["auto", "vos", "pvos", "refvos"], default="auto", advanced=True,
                                tooltip="Inference settings: auto = refvos for text-only prompts, else vos."),
                 _fps_input(),
-                io.Combo.Input("prompt_mode", options=["auto", "official", "refine"], default="auto", advanced=True,
+                io.Combo.Input("prompt_mode", options=["auto", "official", "refine"], default="auto", advanced=True, optional=True,
                                tooltip="How boxes and clicks become prompts. official = the model's trained box / "
                                        "point encoders (a box or positive clicks alone); refine = the filled box or "
                                        "click disks refined into a mask by one model pass (also takes negative "
@@ -489,7 +489,7 @@ class OverlayPreview(io.ComfyNode):
                 io.Boolean.Input("outline", default=True),
                 io.Boolean.Input("labels", default=True, tooltip="Draw '<id> <label>' at each object's centre."),
                 *_range_inputs(),
-                io.Float.Input("flag_weak", default=0.5, min=0.0, max=1.0, step=0.05,
+                io.Float.Input("flag_weak", default=0.5, min=0.0, max=1.0, step=0.05, optional=True,
                                tooltip="Frame a frame in red where an object's confidence falls below this share of "
                                        "its usual level, or where it is lost and found again: places to add a "
                                        "correction. 0 = off."),
@@ -600,10 +600,10 @@ def _edge_inputs(images_tooltip: str | None) -> list:
     """The soft-matte inputs of Tracks to Mask and Export Matte (plus the guiding frames where asked)."""
     inputs = [io.Image.Input("images", optional=True, tooltip=images_tooltip)] if images_tooltip else []
     return inputs + [
-        io.Int.Input("edge_band", default=0, min=0, max=64, advanced=True,
+        io.Int.Input("edge_band", default=0, min=0, max=64, advanced=True, optional=True,
                      tooltip="Edge-aware soft matte: pixels on each side of the edge where alpha follows the image "
                              "(hair, motion blur); 0 = hard edge. Needs the frames (images / video)."),
-        io.Float.Input("smoothness", default=3e-3, min=1e-6, max=1.0, step=1e-4, advanced=True,
+        io.Float.Input("smoothness", default=3e-3, min=1e-6, max=1.0, step=1e-4, advanced=True, optional=True,
                        tooltip="Soft matte: larger = smoother alpha that follows the image less."),
     ]
 

@@ -372,6 +372,9 @@ def reuse_record(model: Any, video_input: Any):
             _reuse.append(_reuse.pop(k))
             return record
     record = RunRecord()
-    _reuse.append((weakref.ref(model), weakref.ref(video_input), record))
+    try:
+        _reuse.append((weakref.ref(model), weakref.ref(video_input), record))
+    except TypeError:  # an input that cannot be referenced weakly is never matched again: no reuse
+        return record
     del _reuse[:-REUSE_ENTRIES]
     return record

@@ -127,8 +127,11 @@ def test_bboxes_overlay_segs_legend():
     bbs, bbox = N.TracksToBBoxes.execute(tracks=tr, select="", start_frame=0, end_frame=-1).args
     assert len(bbs) == 4 and bbs[1][1]["label"] == "car" and bbox[0] == (2, 2, 10, 8)
     img = torch.rand(4, 24, 32, 3)
-    (ov,) = N.OverlayPreview.execute(tracks=tr, images=img, select="1", opacity=0.5, outline=True, labels=False).args
-    assert ov.shape == (4, 24, 32, 3) and ov.dtype == torch.float32
+    tr.set_mask(2, 1, tr.mask(2, 1), confidence=0.2)  # a drop on frame 2: flagged for a correction
+    ov, weak = N.OverlayPreview.execute(tracks=tr, images=img, select="1", opacity=0.5, outline=True, labels=False).args
+    assert ov.shape == (4, 24, 32, 3) and ov.dtype == torch.float32 and weak == "2"
+    red = torch.tensor([255, 40, 40]) / 255.0
+    assert torch.allclose(ov[2, 0, 0], red) and not torch.allclose(ov[1, 0, 0], red)
     with pytest.raises(ValueError, match="images: 3 frames"):
         N.OverlayPreview.execute(tracks=tr, images=img[:3])
     (segs,) = N.TracksToSEGS.execute(tracks=tr, select="", frame=-1, crop_factor=2.0, images=img).args
@@ -203,7 +206,7 @@ def _handle():
 def test_propagate_masks_converts_inputs_and_reports_progress(monkeypatch):
     calls = {}
 
-    def fake_track(model, video, prompts, options, progress, cancel):
+    def fake_track(model, video, prompts, options, progress, cancel, reuse):
         start, stop = options.start, options.stop
         calls.update(video=video, prompts=prompts, direction=options.direction, start=start, stop=stop,
                      preset=options.settings)

@@ -1,7 +1,9 @@
 #!/usr/bin/env node
 // Opens every template of the UniVS pack from ComfyUI's template browser, as a user would, and reports what the
-// user sees: the card (title, text, thumbnail), warnings after loading (error overlay, toasts, dialogs) and
-// overlapping nodes. Writes screenshots and report.json to the output folder.
+// user sees: the card (title, whether the card cuts it, text, thumbnail), warnings after loading (error overlay,
+// toasts, dialogs) and overlapping nodes. A validate-only template (extra.univs_ci: needs model files the pack
+// does not ship) may show the missing-model panel for exactly the files its loaders declare; that is recorded as
+// expected. Writes screenshots and report.json to the output folder.
 //
 //   node check_templates.mjs http://127.0.0.1:8188 out/ [--pack comfyui-univs] [--timeout 120]
 //
@@ -94,6 +96,9 @@ class TemplateBrowser {
       return {
         title: title?.textContent.trim() ?? null,
         title_tooltip: title?.getAttribute("title") ?? null,
+        // the card clamps the title to one line (1.49.6: line-clamp-1) with an ellipsis: is all of it visible?
+        title_truncated: title
+          ? title.scrollHeight > title.clientHeight + 1 || title.scrollWidth > title.clientWidth + 1 : null,
         card_text: lines,
         // Anything besides the title and the "Node graph"/"App" badge is what the card shows as description/tags.
         other_text: lines.filter((l) => l !== title?.textContent.trim() && l !== "Node graph" && l !== "App"),
@@ -152,6 +157,21 @@ async function resetUi(page) {
     await page.getByRole("button", { name: "Toggle properties panel" }).first().click().catch(() => {});
     await panel.waitFor({ state: "hidden", timeout: 10_000 }).catch(() => {});
   }
+}
+
+// Model files a validate-only template declares on its loaders, or null for a template that runs as shipped.
+function expectedMissingModels(workflow) {
+  if (workflow.extra?.univs_ci !== "validate-only") return null;
+  return workflow.nodes.flatMap((n) => (n.properties?.models || []).map((m) => m.name)).sort();
+}
+
+// The overlay's only complaint is "Missing Models", for exactly these files (the Errors tab lists each file).
+function onlyMissingModels(warnings, details, files) {
+  if (!details || !warnings.every((w) => w.source === "error-overlay")) return false;
+  const count = Number((warnings[0].text.match(/(\d+) errors? found/) || [])[1]);
+  const sections = details.filter((l) => /^Missing /.test(l));
+  return count === files.length && sections.length === 1 && sections[0] === "Missing Models"
+    && files.every((f) => details.includes(f));
 }
 
 async function nodeRects(page) {
@@ -220,7 +240,15 @@ async function main() {
       const screenshot = `${safeName(name)}.png`;
       await page.screenshot({ path: path.join(args.out, screenshot) });
       const nodes = await nodeRects(page);
-      const { warnings, details } = await collectWarnings(page);
+      let { warnings, details } = await collectWarnings(page);
+      // A template that needs model files the pack does not ship (extra.univs_ci = "validate-only") is expected to
+      // open with the missing-model panel, listing exactly the files its loaders declare (properties.models).
+      const expectedMissing = expectedMissingModels(workflow);
+      let expected_warnings = [];
+      if (expectedMissing && warnings.length && onlyMissingModels(warnings, details, expectedMissing)) {
+        expected_warnings = warnings;
+        warnings = [];
+      }
       const entry = {
         name,
         title: cards[name].title,
@@ -228,6 +256,8 @@ async function main() {
         card: cards[name],
         workflow_tab: await page.evaluate(() => window.app.extensionManager.workflow?.activeWorkflow?.filename ?? null),
         warnings,
+        expected_warnings,
+        expected_missing_models: expectedMissing,
         warning_details: details,
         overlaps: overlaps(nodes),
         http_errors: httpErrors.slice(firstError), // e.g. a missing thumbnail or media file
@@ -236,6 +266,8 @@ async function main() {
       };
       report.templates.push(entry);
       for (const w of warnings) console.log(`    warning (${w.source}): ${w.text}`);
+      for (const w of expected_warnings) console.log(`    expected (validate-only, models not shipped): ${w.text}; ${expectedMissing.join(", ")}`);
+      if (cards[name].title_truncated) console.log(`    note: the card cuts the title ("${cards[name].title}")`);
       for (const o of entry.overlaps) console.log(`    overlap: ${o.a} x ${o.b} (${o.intersection.join("x")})`);
       if (cards[name].thumbnail?.fallback) console.log("    note: no thumbnail (the card shows the default picture)");
     }
