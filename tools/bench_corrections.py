@@ -72,10 +72,15 @@ def main(argv=None) -> int:
     scratch = track(model, video, corrected, options)
     from_start = time.perf_counter() - t0
     same, total = equal(again, scratch)
+    kept = sum(t.nbytes for rec in record.passes.values() for snap in rec.snapshots
+               for t in (snap.state.logits, snap.state.boxes, snap.state.embds)
+               + ((snap.state.memory.tokens, snap.state.memory.pe) if snap.state.memory is not None else ()))
     print(json.dumps({"frames": a.frames, "correction_at": a.at, "objects": len(scratch.object_ids),
                       "full_run_s": round(full, 1), "correction_with_record_s": round(incremental, 1),
                       "corrected_from_start_s": round(from_start, 1),
-                      "ratio": round(incremental / from_start, 3), "equal_masks": f"{same}/{total}"}, indent=1))
+                      "ratio": round(incremental / from_start, 3), "equal_masks": f"{same}/{total}",
+                      "snapshots": sum(len(r.snapshots) for r in record.passes.values()),
+                      "snapshot_MiB": round(kept / 2**20, 1)}, indent=1))
     return 0 if same == total else 1
 
 

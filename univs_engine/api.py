@@ -687,7 +687,7 @@ def _run_job(model, feeder: FrameFeeder, job: "_PromptJob", gen: torch.Generator
         return
     loop = PromptedClipLoop(model.net, job.settings, feeder.geometry, generator=gen)
     if ctx.record is not None and job.text is None:
-        loop.snapshot_every = snapshot_spacing(len(order), job.settings.clip_len)
+        loop.snapshot_every = snapshot_spacing(len(order), job.settings.clip_len, job.settings.step)
     last = 0  # progress counts reused frames as done
     with model.autocast():
         for k, logits, _ in loop.run(feeder, len(job.ids), job.annotations, job.text, job.stuff, resume=resume):

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from .inference.core import ENCODE_BATCH
 from .inference.vos import LoopSnapshot
 
-SNAPSHOTS = 32  # per pass: the spacing grows with the video so memory does not
+SNAPSHOTS = 48  # at most, per pass: the spacing grows with the video so memory does not
 
 
 @dataclass
@@ -96,8 +98,11 @@ def resume_point(old: PassRecord | None, order: list[int], ids: list[int], diges
     return max(usable, key=lambda s: s.clip) if usable else None
 
 
-def snapshot_spacing(num_positions: int, clip_len: int) -> int:
-    return max(clip_len, -(-num_positions // SNAPSHOTS))
+def snapshot_spacing(num_positions: int, clip_len: int, stride: int = 1) -> int:
+    """Clips between snapshots: a multiple of the encoder's batch (a resumed run then encodes no frame twice) and
+    of the stride, at most SNAPSHOTS per pass."""
+    unit = math.lcm(max(ENCODE_BATCH, clip_len), stride)
+    return unit * max(1, -(-num_positions // (SNAPSHOTS * unit)))
 
 
 def kept_snapshots(old: PassRecord | None, resumed: LoopSnapshot | None, new: list[LoopSnapshot]) -> list[LoopSnapshot]:
