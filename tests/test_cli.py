@@ -149,7 +149,7 @@ def _long_video(path, n=2000):
 
     frames = np.zeros((n, 96, 128, 3), np.uint8)  # far more frames than the test lets run
     for t in range(n):
-        frames[t, 20:50, (t % 90):(t % 90) + 30] = 220
+        frames[t, 20:50, (t % 90):(t % 90) + 30] = (220, 60, 40)  # colour: the built-in model refuses grey video
     with OverlayVideoWriter(path, 128, 96, 25, overwrite=True, crf=28) as writer:
         for frame in frames:
             writer.write(frame)

@@ -75,7 +75,7 @@ def test_sample_prompts_file_parses_as_before():
     ('{"objects":[{"id":1,"prompt":{"frame":48,"box":[1,2,3,4]}}]}', r"prompt.frame: 48 is outside .*0..47"),
     ('{"objects":[{"id":256,"prompt":{"frame":0,"box":[1,2,3,4]}}]}', r"\.id: 256 is outside .*1..255"),
     ('{"objects":[{"id":1,"prompt":{"frame":0,"points":[[1]]}}]}', r"points\[0\]: must be an \[x, y\] pair"),
-    ('{"objects":[{"id":1,"prompt":{"frame":0,"points":[[900,1]]}}]}', r"points\[0\] x: 900 is outside .*0..320"),
+    ('{"objects":[{"id":1,"prompt":{"frame":0,"points":[[900,1]]}}]}', r"points\[0\]: point \(900, 1\) lies outside the 320x240 frame"),
     ('{"objects":[{"id":1,"prompt":{"frame":0,"box":[5,5,1,1]}}]}', "empty or inverted"),
     ('{"objects":[{"id":1,"prompt":{"frame":0}}]}', "no target"),
     ('{"objects":[{"id":1,"prompt":{"frame":0,"negative_points":[[1,1]]}}]}', "no target"),

@@ -39,7 +39,7 @@ def _prompted(video, tracks, ids, gts, first_frames):
 
 
 def quality_report(model, videos, tasks=("vos", "pvos", "refvos", "vis", "vss", "vps")) -> dict[str, float]:
-    from univs_engine.api import Prompt, segment, track
+    from univs_engine.api import Prompt, RunOptions, segment, track
     from univs_train.synthetic import CLASSES, THING_CLASSES
     from univs_engine.metrics.vps import evaluate_vps
     from univs_engine.metrics.vss import VSSEvaluator
@@ -61,7 +61,7 @@ def quality_report(model, videos, tasks=("vos", "pvos", "refvos", "vis", "vss", 
             segs = [s for s in video.segments if (video.panoptic[0] == s.id).any()]
             masks = np.stack([video.panoptic == s.id for s in segs])
             tr = track(model, video.frames, [Prompt(k + 1, 0, CLASSES[s.category], mask=m[0])
-                                             for k, (s, m) in enumerate(zip(segs, masks))], preset="pvos")
+                                             for k, (s, m) in enumerate(zip(segs, masks))], RunOptions(settings="pvos"))
             out["pvos"].append(_prompted(video, tr, list(range(1, len(segs) + 1)), masks, [0] * len(segs)).JF)
         if "vis" in tasks:
             tr = segment(model, video.frames, "instance")
