@@ -503,12 +503,12 @@ def track(model: UniVSModel, video, prompts: Sequence[Prompt], options: RunOptio
     _check_prompts(prompts, start, stop)
     settings = options.task_settings(auto_preset(prompts), model)
     _check_colour(model, source, start, stop)
-    ctx = _RunContext(reuse, _reuse_key(model, source, prompts, options, settings))
+    runs = _passes(prompts, options.direction, start, stop)
+    ctx = _RunContext(reuse, _reuse_key(model, source, prompts, options, settings, runs))
     tracks = ctx.start_tracks(into, source)
     for p in prompts:
         if p.obj_id not in tracks.object_ids:
             tracks.add_object(p.obj_id, label=p.label or (p.text or ""))
-    runs = _passes(prompts, options.direction, start, stop)
     forward = set(runs[0]) if options.direction == "both" else set()
     total, done = sum(len(r) * _jobs_in(prompts, r) for r in runs), 0
     for order in runs:
@@ -535,7 +535,8 @@ def _given_frames_are_certain(tracks: Tracks, prompts: Sequence[Prompt]) -> None
 
 def _jobs_in(prompts: Sequence[Prompt], order: list[int]) -> int:
     """Clip loops a pass runs: one for visual targets, one for text targets."""
-    inside = [p for p in prompts if p.frame in set(order)]
+    frames = set(order)
+    inside = [p for p in prompts if p.frame in frames]
     return int(any(p.text is None for p in inside)) + int(any(p.text is not None for p in inside))
 
 
@@ -552,12 +553,11 @@ def _check_colour(model: UniVSModel, source: VideoSource, start: int, stop: int)
 
 
 def _reuse_key(model: UniVSModel, source: VideoSource, prompts: Sequence[Prompt], options: RunOptions,
-               settings: TaskSettings) -> tuple:
+               settings: TaskSettings, runs: list[list[int]]) -> tuple:
     """Everything besides visual prompts a run's result depends on (compared exactly by a RunRecord)."""
     visual = sorted({p.obj_id for p in prompts if p.text is None})
     text = sorted((p.obj_id, p.frame, p.text) for p in prompts if p.text is not None)
-    start, stop = options.frame_range(source.num_frames)
-    passes = tuple(pass_key(order) for order in _passes(prompts, options.direction, start, stop))
+    passes = tuple(pass_key(order) for order in runs)
     return (id(model.net), model.name, str(model.precision), source.name, source.num_frames, source.height,
             source.width, options, settings, tuple(visual), tuple(text), passes)
 
