@@ -130,8 +130,9 @@ def resolve_precision(choice: str, device: torch.device, mm: Any) -> torch.dtype
     if choice == "fp32":
         return torch.float32
     if choice in ("fp16", "bf16"):
-        if is_cpu:
-            raise ValueError(f"precision: {choice} is not supported on the CPU; use fp32 or auto")
+        if is_cpu or torch.device(device).type == "mps":
+            where = "the CPU" if is_cpu else "MPS (never run there: the engine keeps MPS in fp32)"
+            raise ValueError(f"precision: {choice} is not supported on {where}; use fp32 or auto")
         return torch.float16 if choice == "fp16" else torch.bfloat16
     if choice != "auto":
         raise ValueError(f"precision: unknown value {choice!r} (auto, fp32, fp16, bf16)")

@@ -591,6 +591,9 @@ def test_device_and_precision():
     assert R.resolve_precision("fp16", torch.device("cuda"), mm) == torch.float16
     with pytest.raises(ValueError, match="precision: bf16 is not supported on the CPU"):
         R.resolve_precision("bf16", torch.device("cpu"), mm)
+    assert R.resolve_precision("auto", torch.device("mps"), mm) == torch.float32
+    with pytest.raises(ValueError, match="precision: fp16 is not supported on MPS"):  # it would silently run fp32
+        R.resolve_precision("fp16", torch.device("mps"), mm)
 
 
 def test_progress_and_cancel():
