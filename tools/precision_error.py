@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
-REF = ROOT.parent / "shared" / "reference"
+REF = ROOT / "tests" / "reference_reduced"  # the inputs it needs are carried whole in the reduced set
 
 
 def run(model, frames, mask, dtype, device):
@@ -36,8 +36,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--frames", type=int, default=8)
     args = ap.parse_args()
-    sys.path.insert(0, str(REF))
-    import make_weights as mw
+    sys.path.insert(0, str(ROOT / "tests"))
+    import weight_rule as mw  # the repository's own implementation of the reference weight rule
 
     from univs_engine.config import get_config
     from univs_engine.modeling.univs import build_univs

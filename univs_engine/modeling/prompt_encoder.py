@@ -71,6 +71,40 @@ def mask_box(mask: torch.Tensor) -> torch.Tensor:
     return box.masked_fill(empty[..., None], 0)
 
 
+def nth_true(flags: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
+    """Position of the (rank + 1)-th True of each row, counting row-major, without a host round trip (what
+    ``nonzero()[rank]`` gives). flags [N, M] bool, ranks [N, K] int64 -> [N, K]; M where a row has too few."""
+    return torch.searchsorted(flags.long().cumsum(1), ranks + 1)
+
+
+def central_pool(masks: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pixels a point prompt is drawn from: those near the box centre (|d| < box/4) inside the mask, or, for
+    objects with none, the most confident pixels. masks [N, H, W] in [0, 1], boxes [N, 4] normalised xyxy ->
+    pool [N, H*W] bool, pixel-centre coordinates [H*W, 2] normalised (x, y)."""
+    N, H, W = masks.shape
+    dev = masks.device
+    ys, xs = torch.meshgrid(torch.arange(H, device=dev), torch.arange(W, device=dev), indexing="ij")
+    coords = (torch.stack([xs, ys], -1).reshape(-1, 2) + 0.5) / torch.tensor([W, H], device=dev)
+    flat = masks.flatten(1)
+    peak = flat.max(1).values if N else flat.new_zeros(0)
+    binary = flat >= peak.clamp(max=0.75)[:, None]
+    ctr = (boxes[:, :2] + boxes[:, 2:]) / 2
+    wh = boxes[:, 2:] - boxes[:, :2]
+    central = ((coords[None] - ctr[:, None]).abs() < 0.25 * wh[:, None]).all(-1) & binary
+    confident = flat >= peak.clamp(max=0.95)[:, None]
+    return torch.where(central.any(1, keepdim=True), central, confident), coords
+
+
+def pick_points(pool: torch.Tensor, coords: torch.Tensor, counts: list[int], draw: PermutationDraw) -> torch.Tensor:
+    """One pool pixel per object: the first of a permutation of its pool (drawn only for non-empty pools, in
+    object order); (0.5, 0.5) for an empty pool. pool [N, M], coords [M, 2], counts: pool sizes -> [N, 2]."""
+    ranks = torch.tensor([[int(draw(n)[0]) if n else 0] for n in counts], dtype=torch.long).view(-1, 1)
+    idx = nth_true(pool, ranks.to(pool.device))[:, 0].clamp(max=max(pool.shape[1] - 1, 0))
+    empty = torch.tensor([n == 0 for n in counts], dtype=torch.bool).to(pool.device)
+    return torch.where(empty[:, None], torch.full_like(coords[:1], 0.5), coords[idx]) if counts \
+        else coords.new_zeros(0, 2)
+
+
 def central_points(masks: torch.Tensor, boxes: torch.Tensor, generator=None,
                    draw: PermutationDraw | None = None) -> torch.Tensor:
     """One random pixel per object near its box centre (|d| < box/4), inside the mask -> [N, 2] normalised.
@@ -78,24 +112,8 @@ def central_points(masks: torch.Tensor, boxes: torch.Tensor, generator=None,
     masks [N, H, W] float in [0, 1]; boxes [N, 4] normalised xyxy. Objects with no central pixel fall
     back to their most confident pixels. ``draw`` replaces ``generator`` (see PermutationDraw).
     """
-    draw = draw or randperm_draw(generator)
-    N, H, W = masks.shape
-    dev = masks.device
-    ys, xs = torch.meshgrid(torch.arange(H, device=dev), torch.arange(W, device=dev), indexing="ij")
-    coords = (torch.stack([xs, ys], -1).reshape(-1, 2) + 0.5) / torch.tensor([W, H], device=dev)
-    flat = masks.flatten(1)
-    thr = flat.max(1).values.clamp(max=0.75)[:, None]
-    binary = flat >= thr
-    ctr = (boxes[:, :2] + boxes[:, 2:]) / 2
-    wh = boxes[:, 2:] - boxes[:, :2]
-    central = ((coords[None] - ctr[:, None]).abs() < 0.25 * wh[:, None]).all(-1) & binary
-    points = []
-    for i in range(N):
-        pool = central[i] if central[i].any() else flat[i] >= min(0.95, float(flat[i].max()))
-        cand = coords[pool]
-        points.append(cand[draw(len(cand))[0].to(dev)] if len(cand)
-                      else torch.full((2,), 0.5, device=dev))
-    return torch.stack(points) if points else coords.new_zeros(0, 2)
+    pool, coords = central_pool(masks, boxes)
+    return pick_points(pool, coords, pool.sum(1).tolist(), draw or randperm_draw(generator))
 
 
 def sample_mask_prompts(feat: torch.Tensor, pos: torch.Tensor, masks: torch.Tensor, num_tokens: int,
@@ -108,7 +126,8 @@ def sample_mask_prompts(feat: torch.Tensor, pos: torch.Tensor, masks: torch.Tens
     masks [N, H, W] in [0, 1] at (up to) padded resolution, H <= 8h, W <= 8w. frame_phase: the temporal
     angle of this frame (see position_encoding.frame_phase). Cells are drawn without replacement when
     a mask covers more than `num_tokens` cells (random, so pass `generator` for reproducible runs); fewer
-    cells are tiled in row-major order. ``draw`` replaces ``generator`` (see PermutationDraw).
+    cells are tiled in row-major order. ``draw`` replaces ``generator`` (see PermutationDraw). The only
+    device-to-host copy is one of 2N counts (the sizes the permutations are drawn over).
     """
     draw = draw or randperm_draw(generator)
     C, h, w = feat.shape
@@ -119,47 +138,54 @@ def sample_mask_prompts(feat: torch.Tensor, pos: torch.Tensor, masks: torch.Tens
     if boxes is None:
         size = torch.tensor([canvas.shape[2], canvas.shape[1]] * 2, device=masks.device)
         boxes = mask_box(canvas > 0.5) / size
-    points = central_points(canvas, boxes, draw=draw)
-    point_pe = sine_position_points(points, frame_phase.expand(N), C // 2)
+    pool, coords = central_pool(canvas, boxes)
 
     # legacy nearest sampling: the top-left pixel of each 8x8 cell
     cells = F.interpolate(canvas[:, None], size=(h, w), mode="nearest")[:, 0]
-    binary = cells >= min(0.5, float(cells.max())) if N else cells > 0
+    binary = cells >= cells.max().clamp(max=0.5) if N else cells > 0
+    point_counts, cell_counts = torch.stack([pool.sum(1), binary.flatten(1).sum(1)]).tolist()
+    points = pick_points(pool, coords, point_counts, draw)
+    point_pe = sine_position_points(points, frame_phase.expand(N), C // 2)
     weighted = (cells * binary).flatten(1)
     mean_feat = weighted @ feat.flatten(1).t() / weighted.sum(1, keepdim=True).clamp(min=0.5)
 
-    tok, pes = dense_tokens(feat, pos, binary, mean_feat, point_pe, num_tokens, draw)
+    tok, pes = dense_tokens(feat, pos, binary, mean_feat, point_pe, num_tokens, draw, cell_counts)
     keep = valid[:, None, None].to(tok.dtype)
     return PromptTokens(tok * keep, pes * keep, points, valid)
 
 
+def token_ranks(counts: list[int], num_tokens: int, draw: PermutationDraw) -> torch.Tensor:
+    """Which of its cells (rank in row-major order) each of an object's R tokens takes: R drawn without
+    replacement when it has at least R cells, else its cells tiled; 0 when it has none. -> [N, R] on the CPU."""
+    rows = []
+    for n in counts:
+        if n >= num_tokens:
+            rows.append(draw(n)[:num_tokens])
+        else:
+            rows.append(torch.arange(num_tokens) % max(n, 1))
+    return torch.stack(rows) if rows else torch.zeros(0, num_tokens, dtype=torch.long)
+
+
 def dense_tokens(feat: torch.Tensor, pos: torch.Tensor, cells: torch.Tensor, fallback_feat: torch.Tensor,
-                 fallback_pe: torch.Tensor, num_tokens: int,
-                 draw: PermutationDraw) -> tuple[torch.Tensor, torch.Tensor]:
+                 fallback_pe: torch.Tensor, num_tokens: int, draw: PermutationDraw,
+                 counts: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """R tokens per object from the cells it covers (the official get_dense_features).
 
     feat/pos [C, h, w]; cells [N, h, w] bool; fallback_feat/fallback_pe [N, C] fill all R tokens of an object
     covering no cell. More than R cells: R drawn without replacement (draw(n)[:R] over the cells in row-major
-    order); fewer: the row-major cell list tiled to R. -> tokens, pe [N, R, C].
+    order); fewer: the row-major cell list tiled to R. counts: the objects' cell counts when the caller has
+    them on the host already. -> tokens, pe [N, R, C].
     """
-    C = feat.shape[0]
+    C, N = feat.shape[0], cells.shape[0]
+    flags = cells.flatten(1)
+    counts = flags.sum(1).tolist() if counts is None else counts
+    ranks = token_ranks(counts, num_tokens, draw).to(feat.device)
+    idx = nth_true(flags, ranks).clamp(max=max(flags.shape[1] - 1, 0))
+    empty = torch.tensor([n == 0 for n in counts], dtype=torch.bool).to(feat.device).view(N, 1, 1)
     feat_flat, pos_flat = feat.flatten(1).t(), pos.flatten(1).t()
-    tokens, pe = [], []
-    for i in range(cells.shape[0]):
-        idx = torch.nonzero(cells[i].flatten()).flatten()
-        if len(idx) == 0:
-            tokens.append(fallback_feat[i].expand(num_tokens, C))
-            pe.append(fallback_pe[i].expand(num_tokens, C))
-            continue
-        if len(idx) < num_tokens:
-            idx = idx.repeat(num_tokens // len(idx) + 1)[:num_tokens]
-        else:
-            idx = idx[draw(len(idx))[:num_tokens].to(idx.device)]
-        tokens.append(feat_flat[idx])
-        pe.append(pos_flat[idx])
-    if not tokens:
-        return feat.new_zeros(0, num_tokens, C), feat.new_zeros(0, num_tokens, C)
-    return torch.stack(tokens), torch.stack(pe)
+    tokens = torch.where(empty, fallback_feat[:, None].to(feat.dtype), feat_flat[idx])
+    pe = torch.where(empty, fallback_pe[:, None].to(pos.dtype), pos_flat[idx])
+    return tokens, pe
 
 
 def box_cells(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
