@@ -609,8 +609,7 @@ class _RunContext:
 
 def _write_frame(tracks: Tracks, frame: int, logits: torch.Tensor, ids: list[int]) -> None:
     """One frame's logits [N, H, W] at the source size -> masks and confidences of objects `ids`."""
-    masks = (logits > 0).cpu().numpy()
-    quality = core.mask_quality(logits).tolist()
+    masks, quality = core.to_host(logits > 0, core.mask_quality(logits).float())
     for k, obj in enumerate(ids):
         tracks.set_mask(frame, obj, masks[k], confidence=quality[k])
 

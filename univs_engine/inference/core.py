@@ -10,6 +10,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Protocol, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -108,6 +109,21 @@ def memory_prompts(model: "UniVS", memory: PromptMemory, first_frames: torch.Ten
     clip_t, clip_p = memory.recent(n)
     mem_t, mem_p = memory.proca_tokens(window)
     return model.decoder.visual_prompt_queries(clip_t, clip_p, mem_t, mem_p)
+
+
+def to_host(*tensors: torch.Tensor) -> list[np.ndarray]:
+    """The loops' one device-to-host copy per frame: the tensors packed as bytes into one buffer on the device,
+    copied once, and unpacked into numpy arrays of the same shapes (reduced floats come back as float32).
+    Every result that leaves a loop goes through here, so tests/test_host_syncs.py can count copies."""
+    parts = [t.detach().float() if t.dtype in (torch.bfloat16, torch.float16) else t.detach() for t in tensors]
+    raw = [t.contiguous().view(-1).view(torch.uint8) for t in parts]
+    flat = (torch.cat(raw) if len(raw) > 1 else raw[0]).cpu().numpy() if raw else np.zeros(0, np.uint8)
+    out, at = [], 0
+    for t, r in zip(parts, raw):
+        dtype = np.bool_ if t.dtype == torch.bool else torch.empty(0, dtype=t.dtype).numpy().dtype
+        out.append(flat[at:at + r.numel()].view(dtype).reshape(tuple(t.shape)))
+        at += r.numel()
+    return out
 
 
 def mask_quality(logits: torch.Tensor) -> torch.Tensor:

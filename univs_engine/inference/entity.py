@@ -446,14 +446,8 @@ class EntityClipLoop:
         st.next_id += M
         st.first = torch.cat([st.first, torch.full((M,), i, dtype=torch.long, device=dev)])
         if st.memory is not None:  # blank prompt slots for the new entities
-            mem = st.memory
-            z = mem.tokens.new_zeros(M, *mem.tokens.shape[1:])
-            base = mem.tokens.shape[0]
-            mem.tokens, mem.pe = torch.cat([mem.tokens, z]), torch.cat([mem.pe, z.clone()])
-            for r in range(M):
-                if i < mem.start:  # first slot already dropped: it was blank
-                    mem.first[base + r] = (z[r, :, 0].clone(), z[r, :, 0].clone())
-            mem.set_first_frames(st.first)
+            st.memory.add_targets(M)  # a first slot already dropped was blank: the saved copy is blank too
+            st.memory.set_first_frames(st.first)
 
     def _pad(self, st: EntityState, new: int):
         """Open `new` frames for the next clip (official pad_zero_annotations_for_next_clip); drop slots
