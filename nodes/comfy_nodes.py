@@ -313,6 +313,8 @@ class PropagateMasks(io.ComfyNode):
                                        "clicks); auto = official where it applies, else refine."),
             ],
             outputs=[UniVSTracks.Output("tracks", tooltip="All objects, compact; feed the UniVS selector/export nodes.")],
+            # the weak-frame marks go back to the Prompt Target editors; replayed when the run is cached
+            **_intermediate_output_flag(),
         )
 
     @classmethod
@@ -337,7 +339,9 @@ class PropagateMasks(io.ComfyNode):
             tracks.fps = _source_fps(fps, video, source)
         finally:
             _close(source, temp)
-        return io.NodeOutput(tracks, ui={"text": [_tracks_summary(tracks)]})
+        # univs_weak: where a correction is most likely needed, shown on the Prompt Target editors' scrubbers
+        weak = S.weak_report(tracks, S.WEAK_RATIO, rng)
+        return io.NodeOutput(tracks, ui={"text": [_tracks_summary(tracks)], "univs_weak": [weak]})
 
 
 def _tracks_summary(tracks) -> str:

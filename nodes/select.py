@@ -32,6 +32,8 @@ __all__ = [
     "legend_json",
     "overlay_frame",
     "flag_frame",
+    "WEAK_RATIO",
+    "weak_report",
     "build_segs",
 ]
 
@@ -318,6 +320,37 @@ def flag_frame(img: np.ndarray, width: int = 4) -> np.ndarray:
     red = np.array([255, 40, 40], np.uint8)
     out[:w], out[-w:], out[:, :w], out[:, -w:] = red, red, red, red
     return out
+
+
+# Overlay Preview's default `flag_weak`: the tracking node reports its weak frames to the prompt editor with it.
+WEAK_RATIO = 0.5
+
+
+def _round_conf(c: float) -> float | None:
+    return None if math.isnan(c) else float(f"{c:.4g}")
+
+
+def weak_report(tracks: Any, ratio: float = WEAK_RATIO, frames: Iterable[int] | None = None) -> dict[str, Any]:
+    """Where the tracks most likely need a correction, per object, for the prompt editor's scrubber (the tracking
+    node's ``ui["univs_weak"]``). Same rule as ``Tracks.weak_frames`` and Overlay Preview's red frames; a pure
+    function of the tracks, so a cached run replays the same marks.
+
+    ``{"ratio", "size": [W, H, T], "frames": all weak frames, sorted,
+    "objects": [{"id", "label", "level": median confidence, "weak": [[frame, confidence], ...]}]}``; a
+    confidence of ``None`` means the object is lost on that frame (missing between two frames that have it).
+    ``frames`` limits the report to those frames (the processed range)."""
+    keep = None if frames is None else set(frames)
+    objects, union = [], set()
+    for oid in tracks.object_ids:
+        have = tracks.frames_with(oid)
+        weak = [f for f in tracks.weak_frames(ratio, [oid]) if keep is None or f in keep]
+        level = float(np.median([tracks.confidence(f, oid) for f in have])) if have else math.nan
+        union.update(weak)
+        objects.append({"id": int(oid), "label": str(tracks.info(oid).label or ""),
+                        "level": _round_conf(level),
+                        "weak": [[int(f), _round_conf(tracks.confidence(f, oid))] for f in weak]})
+    return {"ratio": float(ratio), "size": [int(tracks.width), int(tracks.height), int(tracks.num_frames)],
+            "frames": sorted(union), "objects": objects}
 
 
 def overlay_frame(

@@ -455,6 +455,23 @@ def test_overlay_frame_paints_colours_and_checks_size():
         S.overlay_frame(tr, 0, [1], np.zeros((4, 4, 3), np.uint8))
 
 
+def test_weak_report_matches_weak_frames_per_object_and_is_json():
+    tr = make_tracks(T=8)
+    tr.set_mask(3, 1, np.pad(np.ones((2, 2), bool), ((0, 22), (0, 30))), confidence=0.1)  # weak: 0.1 < 0.5 x median
+    tr.clear_mask(5, 1)  # lost between frames that have it
+    rep = S.weak_report(tr)
+    assert json.loads(json.dumps(rep)) == rep
+    assert rep["ratio"] == S.WEAK_RATIO == 0.5 and rep["size"] == [32, 24, 8]
+    assert rep["frames"] == tr.weak_frames(0.5) == [3, 5]
+    one, two = rep["objects"]
+    assert (one["id"], one["label"], two["id"], two["label"]) == (1, "person", 2, "car")
+    assert one["weak"] == [[3, 0.1], [5, None]] and two["weak"] == [] and two["level"] == 0.7
+    assert one["level"] == float(np.median([tr.confidence(f, 1) for f in tr.frames_with(1)]))
+    assert S.weak_report(tr, frames=range(4, 8))["frames"] == [5]
+    assert S.weak_report(tr, ratio=0.0)["frames"] == [5]  # a lost object is reported at any ratio
+    assert S.weak_report(tr) == rep  # a pure function of the tracks: a cached run replays the same marks
+
+
 def _impact_combined_mask(segs):
     """Impact Pack's segs_to_combined_mask, restated for the 2-D case."""
     (h, w), items = segs

@@ -251,6 +251,32 @@ def test_propagate_masks_converts_inputs_and_reports_progress(monkeypatch):
     assert not calls  # refused before the engine runs
 
 
+def test_propagate_masks_reports_weak_frames_to_the_editor(monkeypatch):
+    def fake_track(model, video, prompts, options, progress, cancel, reuse):
+        tr = Tracks(video.num_frames, video.height, video.width)
+        tr.add_object(1, "x")
+        m = np.zeros((video.height, video.width), bool)
+        m[:2, :2] = True
+        for f in range(options.start, options.stop):
+            tr.mark_segmented(f)
+            if f != 4:  # lost on frame 4, weak on frame 2
+                tr.set_mask(f, 1, m, confidence=0.1 if f == 2 else 0.8)
+        return tr
+
+    monkeypatch.setattr(engine_api, "track", fake_track)
+    prompts = N.PromptTarget.execute(frame_index=1, object_id=0, positive_coords="[[1, 1]]").args[0]
+    out = N.PropagateMasks.execute(model=_handle(), prompts=prompts, images=torch.rand(7, 8, 10, 3), start_frame=1)
+    (weak,) = out.ui["univs_weak"]
+    assert json.loads(json.dumps(out.ui)) == out.ui  # sent over the websocket and kept in the history as JSON
+    assert weak == {"ratio": 0.5, "size": [10, 8, 7], "frames": [2, 4],
+                    "objects": [{"id": 1, "label": "x", "level": 0.8, "weak": [[2, 0.1], [4, None]]}]}
+    assert weak["frames"] == out.args[0].weak_frames(0.5) and out.ui["text"][0].startswith("7 frames")
+    # replayed to the editors when the run is cached (ComfyUI >= 0.18 resends an intermediate output's ui)
+    assert N.PropagateMasks.GET_SCHEMA().has_intermediate_output in (True, None)
+    if "has_intermediate_output" in {f.name for f in __import__("dataclasses").fields(io.Schema)}:
+        assert N.PropagateMasks.HAS_INTERMEDIATE_OUTPUT is True
+
+
 def test_cancel_becomes_a_comfy_interrupt(monkeypatch):
     def fake_track(model, video, prompts, progress, cancel, **kw):
         mm.interrupt_current_processing(True)

@@ -98,7 +98,8 @@ def central_pool(masks: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor
 def pick_points(pool: torch.Tensor, coords: torch.Tensor, counts: list[int], draw: PermutationDraw) -> torch.Tensor:
     """One pool pixel per object: the first of a permutation of its pool (drawn only for non-empty pools, in
     object order); (0.5, 0.5) for an empty pool. pool [N, M], coords [M, 2], counts: pool sizes -> [N, 2]."""
-    ranks = torch.tensor([[int(draw(n)[0]) if n else 0] for n in counts], dtype=torch.long).view(-1, 1)
+    zero = torch.zeros(1, dtype=torch.long)
+    ranks = torch.stack([draw(n)[:1].long() if n else zero for n in counts]) if counts else zero[:0].view(0, 1)
     idx = nth_true(pool, ranks.to(pool.device))[:, 0].clamp(max=max(pool.shape[1] - 1, 0))
     empty = torch.tensor([n == 0 for n in counts], dtype=torch.bool).to(pool.device)
     return torch.where(empty[:, None], torch.full_like(coords[:1], 0.5), coords[idx]) if counts \

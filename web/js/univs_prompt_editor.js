@@ -7,10 +7,18 @@
 //
 // Controls: click = positive point, right-click or shift+click = negative point, drag = box,
 // click on an existing point of the active object = remove it.
+//
+// After a run, the frames where the tracking most likely needs a correction ("weak": an object's confidence falls
+// below half its usual level, or it is lost and found again) are marked under the scrubber, in the objects' colours.
+// "UniVS Rotoscope: Track Objects" reports them (ui `univs_weak`); the marks go to every Prompt Target editor up its
+// `prompts` chain. Clicking a mark shows that frame. Marks are dropped when the editor's frames change (another
+// video, an uploaded still) and dimmed once the prompts are edited (they describe the last run).
 
 const NODE_ID = "UniVS_PromptTarget";
 const STATE_WIDGET = "editor";
 const UPLOAD_SUBFOLDER = "univs";
+const TRACK_NODE_ID = "UniVS_PropagateMasks";
+const MODE_MUTED = 2, MODE_BYPASS = 4;
 
 async function getApp() {
   if (window.comfyAPI?.app?.app) return window.comfyAPI.app.app;
@@ -69,6 +77,9 @@ class PromptEditor {
     this.image = null;
     this.activeId = this.state.objects[0]?.id ?? 1;
     this.drag = null;
+    this.weak = new Map(); // tracking node -> its ui `univs_weak` reports (see nodes/select.py::weak_report)
+    this.weakStale = false; // the prompts were edited after the run that reported the marks
+    this.framesKey = ""; // the frames the last run showed (their files are named by a hash of the pixels)
     this.buildDom();
     this.restoreUpload();
     this.refreshObjects();
@@ -103,7 +114,13 @@ class PromptEditor {
     this.slider = el("input", { type: "range", min: 0, max: 0, value: 0, style: { flex: "1" },
       oninput: () => this.showFrame(Number(this.slider.value)) });
     this.frameLabel = el("span", { textContent: "no frames: queue once with `image` connected, or upload a frame" });
-    const scrub = el("div", { style: bar }, [this.slider, this.frameLabel]);
+    // Weak-frame marks, one button per scrubber position; inset by half the slider thumb so a mark sits under it.
+    this.marks = el("div", { className: "univs-weak-marks", hidden: true, role: "group",
+      style: { position: "relative", height: "12px", margin: "0 8px" } });
+    this.marks.setAttribute("aria-label", "Weak frames of the last run");
+    const track = el("div", { style: { flex: "1", display: "flex", flexDirection: "column", minWidth: "80px" } },
+      [this.slider, this.marks]);
+    const scrub = el("div", { style: bar }, [track, this.frameLabel]);
     this.info = el("div", { style: { fontSize: "10px", opacity: 0.7 },
       textContent: "click = positive · right/shift-click = negative · drag = box · click a point to remove it" });
     this.root = el("div", { style: { display: "flex", flexDirection: "column", gap: "4px", width: "100%", height: "100%" } },
@@ -168,6 +185,10 @@ class PromptEditor {
       for (const [k, c] of Object.entries(o.frames)) if (!c.points?.length && !c.box) delete o.frames[k];
     }
     const text = this.state.objects.length ? JSON.stringify(this.state) : "";
+    if (this.weak.size && text !== (this.widget?.value ?? "")) {
+      this.weakStale = true; // still useful (where else to correct), but from the run before this edit
+      this.renderMarks();
+    }
     if (this.widget) {
       this.widget.value = text;
       this.widget.callback?.(text);
@@ -205,12 +226,111 @@ class PromptEditor {
     this.frames = frames;
     if (size) this.size = size;
     this.slider.max = Math.max(0, frames.length - 1);
-    // nearest available frame (thumbnails may skip frames on long clips)
+    this.renderMarks();
+    this.showFrame(this.nearestIndex(target));
+  }
+
+  // Index of the shown frame nearest to video frame `target` (thumbnails may skip frames on long clips).
+  nearestIndex(target) {
     let best = 0;
     this.frames.forEach((f, i) => {
       if (Math.abs(f.frame - target) < Math.abs(this.frames[best].frame - target)) best = i;
     });
-    this.showFrame(best);
+    return best;
+  }
+
+  // ---------------------------------------------------------------- weak-frame marks
+  setWeak(source, reports) {
+    this.weak.set(source, reports.filter((r) => r && Array.isArray(r.objects)));
+    this.weakStale = false;
+    this.renderMarks();
+    this.showFrame(this.frameIdx);
+  }
+
+  clearWeak() {
+    this.weak.clear();
+    this.renderMarks();
+  }
+
+  // frame -> [{id, label, confidence, level}] over all reports; and the reported video's frame count.
+  weakFrames() {
+    const byFrame = new Map();
+    let total = 0;
+    for (const reports of this.weak.values()) {
+      for (const r of reports) {
+        total = Math.max(total, r.size?.[2] ?? 0);
+        for (const o of r.objects) {
+          for (const [f, c] of o.weak || []) {
+            if (!byFrame.has(f)) byFrame.set(f, []);
+            byFrame.get(f).push({ id: o.id, label: o.label, confidence: c, level: o.level });
+          }
+        }
+      }
+    }
+    return { byFrame, total };
+  }
+
+  // "frame 23: weak (1 car: confidence 0.31, usual 0.8)"
+  static weakText(frame, objs) {
+    const num = (v) => (v == null ? "?" : String(Number(Number(v).toPrecision(2))));
+    const parts = objs.map((o) => `${o.id}${o.label ? " " + o.label : ""}: `
+      + (o.confidence == null ? `lost (usual confidence ${num(o.level)})` : `confidence ${num(o.confidence)}, usual ${num(o.level)}`));
+    return `frame ${frame}: weak (${parts.join("; ")})`;
+  }
+
+  renderMarks() {
+    const { byFrame, total } = this.weakFrames();
+    this.marks.replaceChildren();
+    this.marks.hidden = !byFrame.size;
+    if (!byFrame.size) return;
+    const n = this.frames.length;
+    // The marks can move the scrubber only when the editor shows the clip that was tracked.
+    const navigable = n > 1 && (!total || !this.size?.[2] || this.size[2] === total);
+    const groups = new Map(); // scrubber position -> the weak frames it stands for
+    for (const f of [...byFrame.keys()].sort((a, b) => a - b)) {
+      const idx = navigable ? this.nearestIndex(f) : null;
+      const pos = navigable ? idx / (n - 1) : total > 1 ? f / (total - 1) : 0;
+      const key = navigable ? idx : f;
+      if (!groups.has(key)) groups.set(key, { idx, pos, frames: [] });
+      groups.get(key).frames.push(f);
+    }
+    const note = (navigable ? "" : " (not among the editor's frames: connect `image` and queue)")
+      + (this.weakStale ? " (from the last run; prompts edited since)" : "");
+    for (const g of groups.values()) {
+      const lines = g.frames.map((f) => PromptEditor.weakText(f, byFrame.get(f)));
+      const ids = [...new Set(g.frames.flatMap((f) => byFrame.get(f).map((o) => o.id)))];
+      const cols = ids.map((id) => objectColor(id));
+      const label = lines.join("; ") + note;
+      const mark = el("button", {
+        className: "univs-weak-mark",
+        title: lines.join("\n") + note,
+        style: {
+          position: "absolute", left: `${g.pos * 100}%`, top: "1px", width: "7px", height: "10px", padding: "0",
+          transform: "translateX(-50%)", border: "1px solid #000", borderRadius: "2px",
+          background: cols.length > 1 ? `linear-gradient(${cols.join(",")})` : cols[0],
+          opacity: this.weakStale ? "0.45" : "1", cursor: navigable ? "pointer" : "default",
+        },
+        onclick: (e) => {
+          e.preventDefault();
+          if (g.idx != null) this.showFrame(g.idx);
+        },
+      });
+      mark.setAttribute("aria-label", label);
+      mark.dataset.frames = g.frames.join(",");
+      if (g.idx != null) mark.dataset.index = String(g.idx);
+      else mark.setAttribute("aria-disabled", "true");
+      this.marks.append(mark);
+    }
+    this.highlightMark();
+  }
+
+  highlightMark() {
+    for (const m of this.marks.children) {
+      const here = m.dataset.index === String(this.frameIdx);
+      m.style.outline = here ? "2px solid #fff" : "";
+      if (here) m.setAttribute("aria-current", "true");
+      else m.removeAttribute("aria-current");
+    }
   }
 
   showFrame(i) {
@@ -220,6 +340,10 @@ class PromptEditor {
     if (!f) return this.draw();
     const total = this.size?.[2] > 1 ? ` / ${this.size[2] - 1}` : "";
     this.frameLabel.textContent = `frame ${f.frame}${total}`;
+    const weak = this.weak.size ? this.weakFrames().byFrame.get(f.frame) : null;
+    if (weak) this.frameLabel.textContent += " · weak";
+    this.frameLabel.title = weak ? PromptEditor.weakText(f.frame, weak) : "";
+    this.highlightMark();
     const img = new Image();
     // Only the frame still selected may land: scrubbing fires loads that can finish out of order.
     const current = () => this.frames[this.frameIdx] === f;
@@ -253,6 +377,11 @@ class PromptEditor {
   onExecuted(output) {
     const frames = output?.univs_frames;
     if (!frames?.length) return;
+    // Other frames than the last run's: another video, so the marks are about a clip no longer shown. (A cached
+    // run replays the same frames, in any order with the tracking node's marks: those stay.)
+    const key = frames.map((f) => `${f.frame}:${f.subfolder}/${f.filename}`).join("|");
+    if (this.framesKey && key !== this.framesKey) this.clearWeak();
+    this.framesKey = key;
     this.setFrames(frames.map((f) => ({ frame: f.frame, url: this.viewUrl(f) })), output.univs_size);
   }
 
@@ -276,6 +405,7 @@ class PromptEditor {
       this.node.properties = this.node.properties || {};
       this.node.properties.univs_upload = upload;
       this.frames = []; // a new source: start from frame_index again
+      this.clearWeak(); // the marks were about the video, not this still
       this.restoreUpload();
     } catch (e) {
       console.error("[UniVS] frame upload failed", e);
@@ -399,12 +529,42 @@ class PromptEditor {
   }
 }
 
+// The Prompt Target nodes whose prompts reach `node` (a tracking node): up the `prompts` links, through chained
+// Prompt Target / Text Refer nodes and Reroutes. A bypassed Prompt Target passes the prompts on but adds none.
+// Links across a subgraph's boundary are not followed (an editor and its tracking node share a graph).
+export function upstreamPromptTargets(node) {
+  const found = [];
+  const seen = new Set([node]);
+  const source = (n) => {
+    const inputs = n.inputs || [];
+    const slot = n.type === "Reroute" ? 0 : inputs.findIndex((i) => i.name === "prompts");
+    return slot >= 0 && slot < inputs.length ? n.getInputNode?.(slot) ?? null : null;
+  };
+  for (let n = source(node); n && !seen.has(n); n = source(n)) {
+    seen.add(n);
+    if (n.comfyClass === NODE_ID && n.univsEditor && n.mode !== MODE_BYPASS && n.mode !== MODE_MUTED) found.push(n);
+  }
+  return found;
+}
+
+function watchTrackNode(node) {
+  const previous = node.onExecuted;
+  node.onExecuted = function (output) {
+    previous?.apply(this, arguments);
+    const reports = output?.univs_weak;
+    if (!Array.isArray(reports)) return;
+    const source = `${node.graph?.id ?? ""}:${node.id}`;
+    for (const target of upstreamPromptTargets(node)) target.univsEditor.setWeak(source, reports);
+  };
+}
+
 (async () => {
   const app = await getApp();
   const api = await getApi();
   app.registerExtension({
     name: "univs.PromptEditor",
     async nodeCreated(node) {
+      if (node?.comfyClass === TRACK_NODE_ID) return watchTrackNode(node);
       if (node?.comfyClass !== NODE_ID) return;
       const editor = new PromptEditor(node, api);
       node.univsEditor = editor;
