@@ -3,18 +3,21 @@
 The sampling core is the free function :func:`ms_deform_attn_core` so that a fused kernel (e.g. Triton)
 can be swapped in later without touching the module or its weights: set ``module.core = fn`` on an
 instance, or ``MSDeformAttn.core = staticmethod(fn)`` for all instances (same signature as the core).
-Runs on any device that supports ``F.grid_sample`` (CPU, CUDA, MPS).
+Runs on any device that supports ``F.grid_sample`` (CPU, CUDA, MPS). The default core, :func:`default_core`, uses the
+Triton kernel (:mod:`.ms_deform_triton`) for CUDA tensors when Triton is installed and ``grid_sample`` otherwise;
+``UNIVS_DEFORM_CORE=grid_sample|triton`` forces one of them (see :func:`select_core`).
 """
 from __future__ import annotations
 
 import math
+import os
 from typing import Callable, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MSDeformAttn", "ms_deform_attn_core"]
+__all__ = ["MSDeformAttn", "ms_deform_attn_core", "select_core", "core_named", "default_core"]
 
 SpatialShapes = Union[torch.Tensor, Sequence[Tuple[int, int]]]
 
@@ -56,6 +59,53 @@ def ms_deform_attn_core(value: torch.Tensor, spatial_shapes: SpatialShapes, samp
     return out.view(b, heads * d, q).transpose(1, 2).contiguous()
 
 
+CORE_ENV = "UNIVS_DEFORM_CORE"  # grid_sample | triton | auto (unset): the sampling core, forced for every device
+
+
+def core_named(name: str) -> Callable[..., torch.Tensor]:
+    """The sampling core called `name`: "grid_sample", "triton" (needs the ``triton`` package) or "auto"/"default"
+    (:func:`default_core`, the per-device choice)."""
+    if name in ("auto", "default"):
+        return default_core
+    if name == "grid_sample":
+        return ms_deform_attn_core
+    if name == "triton":
+        from .ms_deform_triton import ms_deform_attn_triton, triton
+        if triton is None:
+            raise RuntimeError("the triton deformable-attention core needs the `triton` package (pip install triton)")
+        return ms_deform_attn_triton
+    raise ValueError(f"unknown deformable-attention core {name!r}: use grid_sample, triton or auto")
+
+
+def select_core(device: torch.device | str) -> Callable[..., torch.Tensor]:
+    """The sampling core for tensors on `device`: the Triton kernel on CUDA when Triton is importable (falling back
+    to ``grid_sample`` if the kernel cannot be built there), otherwise ``grid_sample``.
+    ``UNIVS_DEFORM_CORE=grid_sample|triton`` forces one (triton where it cannot run raises)."""
+    name = os.environ.get(CORE_ENV, "").strip().lower() or "auto"
+    if name == "grid_sample" or (name in ("auto", "default") and torch.device(device).type != "cuda"):
+        return ms_deform_attn_core  # (no Triton import off CUDA)
+    if name not in ("auto", "default", "triton"):
+        raise ValueError(f"{CORE_ENV}={name!r}: use grid_sample, triton or auto")
+    from .ms_deform_triton import ms_deform_attn_triton, ms_deform_attn_triton_or_grid_sample, triton_available
+    if triton_available(device):
+        return ms_deform_attn_triton if name == "triton" else ms_deform_attn_triton_or_grid_sample
+    if name == "triton":
+        raise RuntimeError(f"{CORE_ENV}=triton: the Triton kernel needs the `triton` package and CUDA tensors (or "
+                           f"TRITON_INTERPRET=1 for CPU tensors); the tensors are on {torch.device(device)}")
+    return ms_deform_attn_core
+
+
+def default_core(value: torch.Tensor, spatial_shapes: SpatialShapes, sampling_locations: torch.Tensor,
+                 attention_weights: torch.Tensor) -> torch.Tensor:
+    """``ms_deform_attn_core``'s signature and result, by the core :func:`select_core` picks for value's device;
+    always ``grid_sample`` where gradients are needed (the Triton kernel is forward only)."""
+    core = select_core(value.device)
+    if torch.is_grad_enabled() and (value.requires_grad or sampling_locations.requires_grad
+                                    or attention_weights.requires_grad):
+        core = ms_deform_attn_core
+    return core(value, spatial_shapes, sampling_locations, attention_weights)
+
+
 class MSDeformAttn(nn.Module):
     """Deformable attention over L feature levels, ``n_points`` samples per head and level.
 
@@ -63,7 +113,7 @@ class MSDeformAttn(nn.Module):
     Offset outputs are laid out (head, level, point, xy); attention logits (head, level * point).
     """
 
-    core: Callable[..., torch.Tensor] = staticmethod(ms_deform_attn_core)
+    core: Callable[..., torch.Tensor] = staticmethod(default_core)
 
     def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4):
         super().__init__()
