@@ -3,8 +3,13 @@ and the metrics of univs_engine.metrics (the same path a user takes).
 
     python tools/bench_quality.py [--model small] [--videos 8] [--frames 12] [--size 256] [--split val|test]
 
-Prints VOS / PVOS / RefVOS J&F, VIS mAP, VSS mIoU, VPS VPQ and STQ. `quality_report` is reused by
-tests/test_quality.py, which asserts floors a few points under the numbers in the model card.
+Prints VOS / PVOS / RefVOS J&F, VIS mAP, VSS mIoU, VPS VPQ and STQ, and the temporal-consistency measures of
+univs_engine.metrics.consistency: the share of pixels the VPS / VSS output leaves unlabelled (mean over frames,
+and the worst frame), the share of each GT stuff segment's frames that its single best VPS track covers and
+the number of tracks it is split into, and the share of frames where a present PVOS stuff target comes back
+empty. `quality_report` is reused by tests/test_quality.py, which asserts floors a few points under the
+numbers in the model card. --stuff-prompts runs VPS / PVOS with the official stuff rule (the small presets
+turn it off; see univs_engine/presets.py `stuff_prompts`).
 """
 from __future__ import annotations
 
@@ -38,8 +43,41 @@ def _prompted(video, tracks, ids, gts, first_frames):
     return davis_jf(gts, pred, valid=valid)
 
 
-def quality_report(model, videos, tasks=("vos", "pvos", "refvos", "vis", "vss", "vps")) -> dict[str, float]:
+def _stuff_settings(model, task: str, stuff_prompts: bool | None):
+    """The run's settings: the task's preset, or it with `stuff_prompts` overridden."""
+    from dataclasses import replace
+
+    from univs_engine.api import RunOptions
+    from univs_engine.presets import get_settings
+
+    if stuff_prompts is None:
+        return RunOptions(settings=task)
+    return RunOptions(settings=replace(get_settings(task, model.cfg.name), stuff_prompts=stuff_prompts))
+
+
+def _consistency(report: dict, vps: list, vss_maps: list, pvos_empty: list, thing_ids) -> None:
+    """Temporal-consistency keys (univs_engine.metrics.consistency) into `report`."""
+    from univs_engine.metrics.consistency import track_lifetimes, unlabelled_fraction
+
+    for key, maps in (("vps", [(pred, 0) for _, _, pred, _ in vps]), ("vss", vss_maps)):
+        if maps:
+            unl = np.concatenate([unlabelled_fraction(m, void) for m, void in maps])
+            report[f"{key}_unlabelled"], report[f"{key}_unlabelled_max"] = float(unl.mean()), float(unl.max())
+    lives = [life for gt, gcat, pred, _ in vps for life in track_lifetimes(
+        gt, pred, [s for s, c in gcat.items() if c not in thing_ids]).values() if life.present]
+    if lives:
+        report["vps_stuff_lifetime"] = float(np.mean([life.coverage for life in lives]))
+        report["vps_stuff_tracks"] = float(np.mean([life.tracks for life in lives]))
+    if pvos_empty:
+        report["pvos_stuff_empty"] = float(np.mean(pvos_empty))
+
+
+def quality_report(model, videos, tasks=("vos", "pvos", "refvos", "vis", "vss", "vps"),
+                   stuff_prompts: bool | None = None) -> dict[str, float]:
+    """Scores of `model` on `videos` per task; stuff_prompts (None = presets) overrides the VPS / PVOS
+    stuff rule."""
     from univs_engine.api import Prompt, RunOptions, segment, track
+    from univs_engine.metrics.consistency import empty_fraction
     from univs_train.synthetic import CLASSES, THING_CLASSES
     from univs_engine.metrics.vps import evaluate_vps
     from univs_engine.metrics.vss import VSSEvaluator
@@ -47,6 +85,7 @@ def quality_report(model, videos, tasks=("vos", "pvos", "refvos", "vis", "vss", 
 
     out: dict[str, list] = {k: [] for k in ("vos", "pvos", "refvos")}
     gts, dts, vss, vps = [], [], VSSEvaluator(len(CLASSES)), []
+    vss_maps, pvos_empty = [], []
     thing_ids = list(range(len(THING_CLASSES)))
     for v, video in enumerate(videos):
         n = video.num_things
@@ -61,8 +100,13 @@ def quality_report(model, videos, tasks=("vos", "pvos", "refvos", "vis", "vss", 
             segs = [s for s in video.segments if (video.panoptic[0] == s.id).any()]
             masks = np.stack([video.panoptic == s.id for s in segs])
             tr = track(model, video.frames, [Prompt(k + 1, 0, CLASSES[s.category], mask=m[0])
-                                             for k, (s, m) in enumerate(zip(segs, masks))], RunOptions(settings="pvos"))
+                                             for k, (s, m) in enumerate(zip(segs, masks))],
+                       _stuff_settings(model, "pvos", stuff_prompts))
             out["pvos"].append(_prompted(video, tr, list(range(1, len(segs) + 1)), masks, [0] * len(segs)).JF)
+            for k, s in enumerate(segs):  # frames after the prompt
+                if not s.isthing:
+                    pred = np.stack([tr.mask(t, k + 1) for t in range(1, video.num_frames)])
+                    pvos_empty.append(float(empty_fraction(masks[k:k + 1, 1:], pred[None])[0]))
         if "vis" in tasks:
             tr = segment(model, video.frames, "instance")
             for i, thing in enumerate(video.things):
@@ -79,8 +123,9 @@ def quality_report(model, videos, tasks=("vos", "pvos", "refvos", "vis", "vss", 
                 for t in range(video.num_frames):
                     pred[t][tr.mask(t, obj)] = obj - 1
             vss.add(video.semantic, pred)
+            vss_maps.append((pred, len(CLASSES)))
         if "vps" in tasks:
-            tr = segment(model, video.frames, "panoptic")
+            tr = segment(model, video.frames, "panoptic", options=_stuff_settings(model, "vps", stuff_prompts))
             pred = np.stack([tr.id_map(t) for t in range(video.num_frames)])
             cats = {o: tr.info(o).category for o in tr.object_ids}
             gcat = {s.id: s.category for s in video.segments}
@@ -96,6 +141,7 @@ def quality_report(model, videos, tasks=("vos", "pvos", "refvos", "vis", "vss", 
     if "vps" in tasks:
         res = evaluate_vps(vps, len(CLASSES), thing_ids)
         report["VPS VPQ"], report["VPS STQ"] = float(res["VPQ"]), float(res["STQ"])
+    _consistency(report, vps, vss_maps, pvos_empty, thing_ids)
     return report
 
 
@@ -108,6 +154,8 @@ def main() -> None:
     ap.add_argument("--tasks", default="vos,pvos,refvos,vis,vss,vps")
     ap.add_argument("--split", default="val", choices=("val", "test"),
                     help="held-out split (presets were tuned on val; report test)")
+    ap.add_argument("--stuff-prompts", action="store_true",
+                    help="VPS / PVOS with the official stuff rule (stuff_prompts=True) instead of the presets'")
     args = ap.parse_args()
     import torch
 
@@ -117,7 +165,7 @@ def main() -> None:
     model = load_model(args.model)
     videos = held_out(args.videos, args.frames, args.size, args.split)
     t = time.perf_counter()
-    report = quality_report(model, videos, tuple(args.tasks.split(",")))
+    report = quality_report(model, videos, tuple(args.tasks.split(",")), True if args.stuff_prompts else None)
     print(f"held-out generated world ({args.split}): {args.videos} videos x {args.frames} frames at {args.size}x{args.size}, "
           f"model {args.model} ({time.perf_counter() - t:.0f} s)")
     for k, v in report.items():

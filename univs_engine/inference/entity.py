@@ -23,6 +23,9 @@ current clip's features, blank first-appearance slots of later entities):
 * VIS results: the official writes one result per (entity, class) with score >= 0.005 and keeps the
   per-video top-k of those; here each entity keeps its best class, and survives when that result does.
 * prompt cells are drawn from a seeded generator (the official is unseeded).
+* `stuff_prompts` (default True, official): False leaves stuff entities' prompt predictions out of their
+  update, so that their learnable-query matches carry them (for a model whose prompt queries cannot
+  segment stuff: the small model's presets).
 """
 from __future__ import annotations
 
@@ -306,6 +309,8 @@ class EntityClipLoop:
                 mine = fg & (sig.gather(0, winner.clamp(min=0)[None])[0] > 0.5)
                 over += torch.bincount(winner[mine], minlength=N)
             keep = keep & (won / own_area.clamp(min=1) > s.overlap_entity) & (over > 0)
+        if not s.stuff_prompts:  # stuff entities follow their learnable-query matches only
+            keep = keep & self.things.to(keep.device)[st.mean_probs().argmax(-1)]
         self._hook("tracked", call=i, similarity=sim, keep=keep, quality=q)
         idx = torch.nonzero(keep).flatten()
         if len(idx) == 0:

@@ -4,6 +4,8 @@ Frames are processed in clips of T frames with stride s. Each clip, every target
 visual targets read their tokens from the memory pool (re-encoded from the latest masks), text targets
 from their expression. Predicted mask logits accumulate over overlapping clips; a frame is final once
 the clip starting at it has run, and is then handed to the caller and dropped from the state.
+PVOS stuff targets with `stuff_prompts` False (not official) take their class's region of the semantic map
+as their whole clip mask, at full weight, instead of the prompt prediction helped by it.
 """
 from __future__ import annotations
 
@@ -335,13 +337,18 @@ class PromptedClipLoop:
         sim = sim * ok
         if not is_text:
             original = (m > 0).flatten(1).sum(1).clamp(min=1)
-            prob = m.sigmoid()
+            prob, weight = m.sigmoid(), sim ** 2 * q
             for k, obj in enumerate(idx.tolist()):
-                if pred.is_stuff(obj):  # stuff: the semantic map's pixels are certain
-                    region = pred.sem == pred.labels[obj]
-                    prob[k][region] = 1.0
-                    m[k][region] = 10.0
-            winner = self._compete(m, prob * (sim ** 2 * q).view(-1, 1, 1, 1))
+                if not pred.is_stuff(obj):
+                    continue
+                region = pred.sem == pred.labels[obj]  # stuff: the semantic map's pixels are certain
+                if not self.s.stuff_prompts:  # ... and all there is: the prompt prediction is not used
+                    m[k] = torch.where(region, m.new_tensor(10.0), m.new_tensor(-10.0))
+                    prob[k] = region.to(prob.dtype)
+                    original[k], weight[k] = region.sum().clamp(min=1), 1.0
+                prob[k][region] = 1.0
+                m[k][region] = 10.0
+            winner = self._compete(m, prob * weight.view(-1, 1, 1, 1))
             area = winner.flatten(1).sum(1)
             winner = winner * ((area / original > 0.25) & (area > 0)).view(-1, 1, 1, 1)
             m = m * winner

@@ -1,0 +1,121 @@
+"""Temporal-consistency measures (univs_engine.metrics.consistency) on small arrays with hand-worked answers."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from univs_engine.metrics.consistency import Lifetime, empty_fraction, track_lifetimes, unlabelled_fraction
+
+
+def test_unlabelled_fraction_per_frame():
+    maps = np.array([[[0, 1], [1, 1]],      # 1 of 4 void
+                     [[0, 0], [2, 0]],      # 3 of 4
+                     [[3, 3], [3, 3]]])     # none
+    np.testing.assert_allclose(unlabelled_fraction(maps), [0.25, 0.75, 0.0])
+    # another void id (VSS maps use the class count as "no class")
+    np.testing.assert_allclose(unlabelled_fraction(maps, void=3), [0.0, 0.0, 1.0])
+    with pytest.raises(ValueError):
+        unlabelled_fraction(np.zeros((4, 4)))
+
+
+def _lifetime_case():
+    # 4 frames of 1 x 4 pixels. Segment 5 (pixels 0-1) lives in every frame; segment 7 (pixels 2-3) in frames
+    # 0-1 only (void 0 afterwards).
+    gt = np.array([[[5, 5, 7, 7]], [[5, 5, 7, 7]], [[5, 5, 0, 0]], [[5, 5, 0, 0]]])
+    pred = np.array([[[1, 1, 3, 3]],   # 5 <- track 1 (IoU 1), 7 <- track 3 (IoU 1)
+                     [[1, 1, 3, 0]],   # 5 <- 1; 7 <- 3 at IoU 1/2 exactly (counts)
+                     [[2, 2, 0, 0]],   # 5 <- track 2: the segment is split
+                     [[0, 9, 9, 9]]])  # 5: track 9 has IoU 1/4 -> missed
+    return gt, pred
+
+
+def test_track_lifetimes_hand_worked():
+    gt, pred = _lifetime_case()
+    life = track_lifetimes(gt, pred, gt_void=0)
+    assert set(life) == {5, 7}
+    assert life[5] == Lifetime(segment=5, present=4, best_track=1, coverage=0.5, tracks=2, missed=1)
+    assert life[7] == Lifetime(segment=7, present=2, best_track=3, coverage=1.0, tracks=1, missed=0)
+
+
+def test_track_lifetimes_threshold_segments_and_ties():
+    gt, pred = _lifetime_case()
+    # a stricter IoU drops frame 1 of segment 7 (IoU 1/2)
+    assert track_lifetimes(gt, pred, segments=[7], iou=0.6)[7].coverage == 0.5
+    # only the listed segments; void (0) is a segment when gt_void is None
+    assert set(track_lifetimes(gt, pred, segments=[5])) == {5}
+    assert track_lifetimes(gt, pred)[0].present == 2
+    # two tracks covering the same number of frames: the smaller id is the best one
+    tie = track_lifetimes(np.ones((2, 1, 2), int), np.array([[[4, 4]], [[2, 2]]]), gt_void=0)[1]
+    assert (tie.best_track, tie.coverage, tie.tracks) == (2, 0.5, 2)
+    # never predicted: no track, coverage 0
+    none = track_lifetimes(np.ones((3, 1, 2), int), np.zeros((3, 1, 2), int), gt_void=0)[1]
+    assert (none.best_track, none.coverage, none.tracks, none.missed) == (None, 0.0, 0, 3)
+    with pytest.raises(ValueError):
+        track_lifetimes(gt, pred[:2])
+
+
+def test_stuff_dropped_after_two_frames_is_half_a_lifetime():
+    """The failure of issue 17: a region labelled on frames 0-1 and void afterwards."""
+    gt = np.full((4, 2, 2), 8)
+    pred = gt.copy()
+    pred[2:] = 0
+    assert track_lifetimes(gt, pred)[8].coverage == 0.5
+    np.testing.assert_allclose(unlabelled_fraction(pred), [0, 0, 1, 1])
+
+
+def test_empty_fraction():
+    gt = np.zeros((3, 3, 1, 2), bool)
+    pred = np.zeros_like(gt)
+    gt[0] = True                  # target 0 present in all 3 frames ...
+    pred[0, :2, 0, 0] = True      # ... predicted on frames 0-1 only -> 1/3 empty
+    gt[1, 0, 0, 1] = True         # target 1 present on frame 0 only, predicted on frame 1 only -> 1/1 empty
+    pred[1, 1] = True
+    pred[2, 2] = True             # target 2 never present -> 0
+    np.testing.assert_allclose(empty_fraction(gt, pred), [1 / 3, 1.0, 0.0])
+    with pytest.raises(ValueError):
+        empty_fraction(gt[0], pred[0])
+
+
+# ---------------------------------------------------------------------------------------------- issue 17
+@pytest.fixture(scope="module")
+def sample():
+    """The first 8 frames of assets/sample.mp4's generated video (seed 7, 320 x 240)."""
+    from univs_train.synthetic import generate_video
+
+    return generate_video(7, num_frames=8, height=240, width=320)
+
+
+@pytest.fixture(scope="module")
+def small():
+    import torch
+
+    from univs_engine.api import load_model
+
+    torch.set_num_threads(2)
+    return load_model("small")
+
+
+def test_small_vps_keeps_every_stuff_region_one_track(small, sample):
+    """With the official stuff rule the small model's empty stuff prompt masks erased the sky from frame 2 on
+    (42-45 % of every frame unlabelled); the small preset lets the learnable queries carry stuff."""
+    from univs_engine.api import segment
+
+    tr = segment(small, sample.frames, "panoptic")
+    pred = np.stack([tr.id_map(t) for t in range(sample.num_frames)])
+    assert unlabelled_fraction(pred).max() < 0.1
+    stuff = [s.id for s in sample.segments if not s.isthing]
+    for life in track_lifetimes(sample.panoptic, pred, stuff).values():
+        assert life.tracks == 1 and life.coverage >= 0.9, life
+
+
+def test_small_pvos_stuff_targets_never_come_back_empty(small, sample):
+    from univs_engine.api import Prompt, RunOptions, track
+    from univs_train.synthetic import CLASSES
+
+    segs = [s for s in sample.segments if (sample.panoptic[0] == s.id).any()]
+    masks = np.stack([sample.panoptic == s.id for s in segs])
+    tr = track(small, sample.frames, [Prompt(k + 1, 0, CLASSES[s.category], mask=m[0])
+                                      for k, (s, m) in enumerate(zip(segs, masks))], RunOptions(settings="pvos"))
+    pred = np.stack([np.stack([tr.mask(t, k + 1) for t in range(sample.num_frames)]) for k in range(len(segs))])
+    stuff = [k for k, s in enumerate(segs) if not s.isthing]
+    assert stuff and empty_fraction(masks[stuff], pred[stuff]).max() == 0.0
