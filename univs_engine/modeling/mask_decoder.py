@@ -49,6 +49,7 @@ class PromptQueries:
     dense_pos: torch.Tensor | None
     kind: str = "visual"
     sentence: torch.Tensor | None = None  # [Qp, text_dim], text prompts: classifier targets
+    valid: torch.Tensor | None = None  # [Qp] bool; False marks padding (univs_engine.compiled), seen by no query
 
     def __len__(self) -> int:
         return self.content.shape[0]
@@ -184,7 +185,8 @@ class VideoMaskDecoder(nn.Module):
             query_pos = torch.cat([query_pos[:Ql], output[Ql:]])
         if text:
             self_attn_mask = "sep-blocked"
-        self_blocked = self._self_attn_mask(output.shape[0], T, self_attn_mask, output.device, Ql)
+        valid = None if prompts is None else prompts.valid
+        self_blocked = self._self_attn_mask(output.shape[0], T, self_attn_mask, output.device, Ql, valid)
 
         embds = [output]
         masks, attn_blocked, reid = self._predict_masks(output, mask_features, levels.sizes[0], text, Ql)
@@ -254,16 +256,21 @@ class VideoMaskDecoder(nn.Module):
         blocked = blocked & ~blocked.all(-1, keepdim=True)
         return masks, blocked, reid
 
-    def _self_attn_mask(self, Q: int, T: int, kind: str, device, Ql: int) -> torch.Tensor | None:
-        """[Q*T, Q*T] bool, True = blocked; learnable and prompt queries never see each other."""
-        if Q == Ql or kind in ("all", "none"):
+    def _self_attn_mask(self, Q: int, T: int, kind: str, device, Ql: int,
+                        valid: torch.Tensor | None = None) -> torch.Tensor | None:
+        """[Q*T, Q*T] bool, True = blocked; learnable and prompt queries never see each other.
+        valid [Q - Ql] bool: a False (padding) prompt gets a group of its own, so no other query sees it."""
+        if Q == Ql or (kind in ("all", "none") and valid is None):
             return None
         group = torch.zeros(Q, dtype=torch.long, device=device)
         if kind == "sep":
             group[Ql:] = 1
         elif kind == "sep-blocked":
             group[Ql:] = torch.arange(1, Q - Ql + 1, device=device)
-        else:
+        elif kind not in ("all", "none"):
             raise ValueError(f"unknown self-attention mask {kind!r} (sep or sep-blocked)")
+        if valid is not None:
+            alone = -torch.arange(1, Q - Ql + 1, device=device)
+            group[Ql:] = torch.where(valid.to(device), group[Ql:], alone)
         g = group.repeat_interleave(T)
         return g[:, None] != g[None, :]
