@@ -347,7 +347,8 @@ class PropagateMasks(io.ComfyNode):
 def _tracks_summary(tracks) -> str:
     lines = [f"{tracks.num_frames} frames, {tracks.width}x{tracks.height}, {len(tracks.object_ids)} objects"]
     for row in tracks.legend()[:50]:
-        lines.append(f"{row['id']}: {row['label'] or '-'} (frames {row['first_frame']}..{row['last_frame']})")
+        hidden = "" if row.get("shown", True) else f", score {row['score']:.3f} below {tracks.min_score:g}: not drawn"
+        lines.append(f"{row['id']}: {row['label'] or '-'} (frames {row['first_frame']}..{row['last_frame']}{hidden})")
     return "\n".join(lines)
 
 
@@ -381,7 +382,8 @@ class PanopticVideo(io.ComfyNode):
             ],
             outputs=[
                 UniVSTracks.Output("tracks"),
-                io.String.Output("legend", tooltip="JSON: id, label, colour, score, frames of every object."),
+                io.String.Output("legend", tooltip="JSON: id, label, colour, score, frames of every object; "
+                                 "shown = false: below the task's score threshold, not drawn unless selected."),
             ],
         )
 
@@ -405,9 +407,11 @@ class PanopticVideo(io.ComfyNode):
 
 
 # =============================================================================================== cheap nodes
-def _select_inputs():
-    return io.String.Input("select", default="", tooltip="Objects: ids ('1, 3', '2-5') and/or labels ('person, car'); "
-                                                         "'!id' or '!label' excludes; empty = all.")
+def _select_inputs(empty: str = "empty = the shown objects (score at or above the task's threshold; the legend's "
+                                 "'shown')"):
+    return io.String.Input("select", default="", tooltip="Objects: ids ('1, 3', '2-5') and/or labels ('person, car'), "
+                                                         "which also pick objects below the score threshold; '!id' or "
+                                                         f"'!label' excludes; {empty}.")
 
 
 class TracksToMask(io.ComfyNode):
@@ -679,15 +683,19 @@ class TracksLegend(io.ComfyNode):
             display_name="UniVS Tracks Legend",
             category=CATEGORY,
             search_aliases=ALIASES + ["legend", "ids", "labels", "info"],
-            description="JSON legend (id, label, colour, score, first/last frame) of the selected objects.",
-            inputs=[UniVSTracks.Input("tracks"), _select_inputs()],
+            description="JSON legend (id, label, colour, score, first/last frame, shown) of the selected objects; "
+                        "shown = false marks an object below the task's score threshold, which outputs leave out "
+                        "unless it is selected by id or label.",
+            inputs=[UniVSTracks.Input("tracks"),
+                    _select_inputs("empty = every object, 'shown' false for those below the score threshold")],
             outputs=[io.String.Output("legend")],
         )
 
     @classmethod
     def execute(cls, tracks, select="") -> io.NodeOutput:
         S.check_tracks(tracks)
-        text = S.legend_json(tracks, S.select_objects(tracks, select))
+        every = select is None or (isinstance(select, str) and select.strip().lower() in ("", "*", "all"))
+        text = S.legend_json(tracks, None if every else S.select_objects(tracks, select))
         return io.NodeOutput(text, ui={"text": [text]})
 
 

@@ -55,18 +55,22 @@ def check_tracks(tracks: Any, name: str = "tracks") -> Any:
 def select_objects(tracks: Any, select: str = "", name: str = "select") -> list[int]:
     """``select`` text -> object ids in paint order.
 
-    Empty, ``*`` or ``all`` = every object. Otherwise comma/newline-separated tokens: an integer (or ``a-b`` range)
-    is an object id; any other token matches object labels case-insensitively (``person`` picks every person).
-    A leading ``!`` excludes (``all, !person``). Unknown ids or labels raise ``ValueError`` listing what exists;
-    so does text that is not a string. A range costs the number of objects, not its width.
+    Empty, ``*`` or ``all`` = every shown object (``Tracks.shown_ids``: score at least the task's threshold
+    ``Tracks.min_score``; every object for prompt-guided tracks). Otherwise comma/newline-separated tokens: an
+    integer (or ``a-b`` range) is an object id; any other token matches object labels case-insensitively
+    (``person`` picks every person); ids and labels pick objects below the threshold too. A leading ``!``
+    excludes (``all, !person``; only exclusions = the shown objects less those). Unknown ids or labels raise
+    ``ValueError`` listing what exists; so does text that is not a string. A range costs the number of objects,
+    not its width.
     """
     check_tracks(tracks)
     ids = list(tracks.object_ids)
+    shown = _shown_ids(tracks, ids)
     if select is not None and not isinstance(select, str):
         raise ValueError(f"{name}: expected text, got {type(select).__name__}")
     text = (select or "").strip()
     if not text or text.lower() in ("*", "all"):
-        return ids
+        return shown
     labels: dict[str, list[int]] = {}
     for oid in ids:
         labels.setdefault((tracks.info(oid).label or "").strip().lower(), []).append(oid)
@@ -84,9 +88,9 @@ def select_objects(tracks: Any, select: str = "", name: str = "select") -> list[
         if neg:
             tok = tok[1:].strip()
         any_positive |= not neg
-        (excluded if neg else chosen).update(_select_token(tok, ids, labels, name))
+        (excluded if neg else chosen).update(_select_token(tok, ids, labels, name, shown))
     if not any_positive:
-        chosen = set(ids)
+        chosen = set(shown)
     return [oid for oid in ids if oid in chosen and oid not in excluded]
 
 
@@ -94,10 +98,17 @@ MAX_SELECT_TOKENS = 10_000
 _ID_RANGE = re.compile(r"([0-9]{1,18})(?:\s*-\s*([0-9]{1,18}))?")
 
 
-def _select_token(tok: str, ids: list[int], labels: dict[str, list[int]], name: str) -> list[int]:
-    """The objects one token of ``select`` names: all, an id, an id range a-b, or a label."""
+def _shown_ids(tracks: Any, ids: list[int]) -> list[int]:
+    """The objects drawn by default: score >= the tracks' ``min_score`` (every object for tracks without one)."""
+    shown = getattr(tracks, "shown_ids", None)
+    return list(shown()) if callable(shown) else ids
+
+
+def _select_token(tok: str, ids: list[int], labels: dict[str, list[int]], name: str,
+                  shown: list[int] | None = None) -> list[int]:
+    """The objects one token of ``select`` names: all (the shown ones), an id, an id range a-b, or a label."""
     if tok.lower() in ("*", "all"):
-        return ids
+        return ids if shown is None else shown
     m = _ID_RANGE.fullmatch(tok)
     if m:
         a, b = int(m.group(1)), int(m.group(2) or m.group(1))
@@ -290,7 +301,8 @@ def bbox_per_frame(tracks: Any, obj_ids: Sequence[int], frames: Iterable[int]) -
 
 
 def legend_json(tracks: Any, obj_ids: Sequence[int] | None = None) -> str:
-    """JSON list: ``{id, label, category, color "#rrggbb", score, isthing, first_frame, last_frame}`` per object."""
+    """JSON list: ``{id, label, category, color "#rrggbb", score, isthing, first_frame, last_frame, shown}`` per
+    object (``shown``: the score reaches the task's threshold, so an empty ``select`` draws it)."""
     keep = None if obj_ids is None else set(obj_ids)
     items = []
     for row in tracks.legend():
@@ -300,6 +312,7 @@ def legend_json(tracks: Any, obj_ids: Sequence[int] | None = None) -> str:
         c = tuple(int(v) for v in r.get("color", (0, 0, 0)))
         r["color"] = "#%02x%02x%02x" % c
         r["score"] = round(float(r.get("score", 1.0)), 4)
+        r.setdefault("shown", True)
         items.append(r)
     return json.dumps(items, indent=1)
 

@@ -22,7 +22,7 @@ FRAMES = 20  # covers every prompt frame of the sample (0 and 17)
 
 
 @pytest.mark.parametrize("task", ["vos", "pvos", "refvos", "vis", "vss", "vps"])
-def test_segment_writes_outputs_for_every_task(task, tmp_path):
+def test_segment_writes_outputs_for_every_task(task, tmp_path, capsys):
     out = tmp_path / task
     args = ["segment", str(SAMPLE), "--task", task, "--out", str(out), "--stop", str(FRAMES)]
     if task in ("vos", "pvos", "refvos"):
@@ -53,6 +53,17 @@ def test_segment_writes_outputs_for_every_task(task, tmp_path):
         assert isinstance(results, list)
         assert all(len(r["segmentations"]) == 48 and r["segmentations"][FRAMES:] == [None] * (48 - FRAMES)
                    for r in results)  # frames never processed are null, not empty masks
+        # below the task's class threshold (0.05 for the small model): in results.json, not drawn
+        assert tracks.min_score == legend["min_score"] == 0.05 and len(results) == len(tracks.object_ids)
+        shown = tracks.shown_ids()
+        assert [e["shown"] for e in legend["objects"]] == [o in shown for o in tracks.object_ids]
+        drawn = set().union(*(np.unique(np.asarray(Image.open(p))).tolist() for p in ids)) - {0}
+        assert drawn <= set(shown)
+        hidden = len(tracks.object_ids) - len(shown)
+        said = f"{hidden} of {len(tracks.object_ids)} objects scored below the threshold 0.05"
+        assert (said in capsys.readouterr().out) == (hidden > 0)
+    else:
+        assert tracks.min_score == legend["min_score"] == 0 and all(e["shown"] for e in legend["objects"])
 
 
 @pytest.mark.parametrize("task", ["vis", "vss", "vps"])

@@ -398,6 +398,24 @@ def test_select_objects_by_id_label_range_and_exclusion():
         S.select_objects("nope")
 
 
+
+def test_select_objects_default_is_the_shown_objects_explicit_picks_any():
+    """Below the tracks' score threshold (a VIS run's class threshold) an object is left out of an empty / all
+    selection (what every output node draws by default), but an id or label still picks it."""
+    tr = make_tracks()
+    tr.add_object(3, label="ghost", score=0.02)
+    tr.min_score = 0.05
+    assert S.select_objects(tr, "") == S.select_objects(tr, "*") == S.select_objects(tr, " ALL ") == [1, 2]
+    assert S.select_objects(tr, None) == [1, 2] and S.select_objects(tr, "all, !car") == [1]
+    assert S.select_objects(tr, "!car") == [1]  # exclusions alone: the shown objects less those
+    assert S.select_objects(tr, "3") == [3] and S.select_objects(tr, "ghost") == [3]
+    assert S.select_objects(tr, "1-3") == [1, 2, 3] and S.select_objects(tr, "all, 3") == [1, 2, 3]
+    legend = json.loads(S.legend_json(tr))
+    assert [(r["id"], r["shown"]) for r in legend] == [(1, True), (2, True), (3, False)]
+    tr.min_score = 0.0  # prompt-guided tracks: everything shown
+    assert S.select_objects(tr, "") == [1, 2, 3]
+
+
 def test_frame_range():
     assert S.frame_range(0, -1, 5) == range(0, 5)
     assert S.frame_range(1, 3, 5) == range(1, 4)

@@ -105,7 +105,7 @@ def test_composites(tracks: Tracks):
     assert [d["id"] for d in legend] == [3, 1]
     assert legend[1] == {
         "id": 1, "label": "dog", "category": 2, "color": tracks.info(1).color, "score": 0.5,
-        "isthing": True, "first_frame": 0, "last_frame": 2,
+        "isthing": True, "first_frame": 0, "last_frame": 2, "shown": True,
     }
 
 
@@ -205,3 +205,46 @@ def test_weak_frames_flag_confidence_drops_and_lost_objects():
         tr2.set_mask(f, 1, m, confidence=0.5)
     tr2.mark_segmented(3)
     assert tr2.weak_frames(0.5) == []  # leaving for good is not a loss
+
+
+def _scored_tracks() -> Tracks:
+    """A confident object (0.9) and a doubtful one (0.02) above a 0.05 threshold, as a VIS run leaves them."""
+    tr = Tracks(3, H, W)
+    tr.add_object(1, label="cross", score=0.9)
+    tr.add_object(2, label="circle", score=0.02)
+    tr.set_mask(0, 1, _rect(0, 4, 0, 4))
+    tr.set_mask(0, 2, _rect(6, 10, 6, 10))
+    tr.min_score = 0.05
+    return tr
+
+
+def test_min_score_picks_the_shown_objects_and_flags_the_legend():
+    tr = _scored_tracks()
+    assert tr.shown_ids() == [1] and tr.is_shown(1) and not tr.is_shown(2)
+    assert [(r["id"], r["shown"]) for r in tr.legend()] == [(1, True), (2, False)]
+    assert len(tr.to_ytvis_json(1)) == 2  # evaluation results keep every object
+    assert "shown=1, min_score=0.05" in repr(tr)
+    tr.min_score = 0.02  # the threshold itself is shown (score >= min_score)
+    assert tr.shown_ids() == [1, 2]
+    fresh = Tracks(2, H, W)
+    fresh.add_object(1, score=0.0)
+    assert fresh.min_score == 0.0 and fresh.shown_ids() == [1]  # default: everything shown
+    with pytest.raises(ValueError, match="finite"):
+        tr.min_score = float("nan")
+
+
+def test_min_score_survives_save_and_old_files_show_everything(tmp_path):
+    tr = _scored_tracks()
+    path = tr.save(tmp_path / "t.npz")
+    back = Tracks.load(path)
+    assert back.min_score == 0.05 and back.shown_ids() == [1]
+    with np.load(path, allow_pickle=False) as z:  # a file written before min_score existed
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(bytes(arrays["meta"]))
+    del meta["min_score"]
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    old = tmp_path / "old.npz"
+    np.savez(old, **arrays)
+    back = Tracks.load(old)
+    assert back.min_score == 0.0 and back.shown_ids() == [1, 2]
+    assert [r["shown"] for r in back.legend()] == [True, True]

@@ -752,6 +752,9 @@ def segment(model: UniVSModel, video, task: str = "instance", vocabulary: Sequen
     settings = options.task_settings(canonical_task(task), model)
     tracks = Tracks(source.num_frames, source.height, source.width)
     tracks.fps = source.fps
+    # Instance results below the task's class threshold are kept (results.json, evaluation) but not shown;
+    # semantic / panoptic segments carry no per-video score (1.0): all shown.
+    tracks.min_score = settings.class_threshold if task == "instance" else 0.0
     feeder = FrameFeeder(source, model, settings, range(start, stop))
     try:
         with model.autocast():

@@ -366,7 +366,7 @@ def subset(tracks, frames: list[int]):
 
     keep = set(frames)
     out = Tracks(tracks.num_frames, tracks.height, tracks.width)
-    out.fps = tracks.fps
+    out.fps, out.min_score = tracks.fps, tracks.min_score
     for oid in tracks.object_ids:
         i = tracks.info(oid)
         out.add_object(oid, i.label, i.category, i.isthing, i.score)
@@ -459,6 +459,7 @@ def finish(args, out: Path, tracks, why: str | None, source) -> int:
     if why is None:
         write_outputs(args, out, tracks, source, None)
         print(f"wrote {out}/ ({len(tracks.object_ids)} objects): " + ", ".join(sorted(p.name for p in out.iterdir())))
+        _say_hidden(tracks, args)
         return 0
     done = tracks.segmented_frames()
     head = f"univs: error: {why}" if code == 2 else f"univs: stopped by {why}"
@@ -469,7 +470,18 @@ def finish(args, out: Path, tracks, why: str | None, source) -> int:
     n = len(done)
     print(f"{head}; wrote the {n} finished frame{'s' * (n != 1)} ({_ranges_text(done)}) to {out}/, marked "
           "partial (legend.json: \"partial\": true)", file=sys.stderr)
+    _say_hidden(tracks, args, sys.stderr)
     return code
+
+
+def _say_hidden(tracks, args, file=None) -> None:
+    """One line when objects scored below the task's threshold were left out of what is drawn."""
+    hidden = len(tracks.object_ids) - len(tracks.shown_ids())
+    if hidden:
+        kept = "results.json, tracks.npz" if args.task == "vis" else "tracks.npz"
+        print(f"{hidden} of {len(tracks.object_ids)} objects scored below the threshold {tracks.min_score:g} and are "
+              f"left out of the preview and the PNGs (kept in {kept}; legend.json: \"shown\": false)",
+              file=file or sys.stdout)
 
 
 def write_outputs(args, out: Path, tracks, source, why: str | None) -> None:
@@ -477,29 +489,31 @@ def write_outputs(args, out: Path, tracks, source, why: str | None) -> None:
     from .io import writers as W
 
     done = tracks.segmented_frames()
+    shown = tracks.shown_ids()  # drawn outputs leave out objects below the task's score threshold
     legend = out / "legend.json"
     if args.overwrite and legend.is_file() and not legend.is_symlink():
         legend.unlink()  # an old legend must not vouch for the new, half-written set
     W.save_tracks(tracks, out / "tracks.npz", overwrite=args.overwrite)
-    W.export_id_pngs(tracks, out / "ids", overwrite=args.overwrite, frames=done)
+    W.export_id_pngs(tracks, out / "ids", obj_ids=shown, overwrite=args.overwrite, frames=done)
     if TASKS[args.task] == "track":
-        W.export_mask_pngs(tracks, out / "masks", overwrite=args.overwrite, frames=done)
+        W.export_mask_pngs(tracks, out / "masks", obj_ids=shown, overwrite=args.overwrite, frames=done)
     else:
-        W.export_color_pngs(tracks, out / "color", overwrite=args.overwrite, frames=done)
-    if args.task == "vis":
+        W.export_color_pngs(tracks, out / "color", obj_ids=shown, overwrite=args.overwrite, frames=done)
+    if args.task == "vis":  # evaluation input: every result, whatever its score
         W.write_ytvis_json(out / "results.json", tracks, video_id=1, overwrite=args.overwrite, frames=done)
-    for obj in tracks.object_ids if args.alpha else []:
+    for obj in shown if args.alpha else []:
         W.export_alpha_video(tracks, obj, out / f"alpha_{obj}.{args.alpha}", source, overwrite=args.overwrite,
                              frames=done, matte=_matte_settings(args))
-    W.export_overlay_video(tracks, source, out / "preview.mp4", overwrite=args.overwrite, frames=done)
+    W.export_overlay_video(tracks, source, out / "preview.mp4", obj_ids=shown, overwrite=args.overwrite, frames=done)
     W.write_json(legend, legend_of(tracks, why), overwrite=args.overwrite)
 
 
 def legend_of(tracks, why: str | None) -> dict:
-    """legend.json: whether the run was partial (and why), the frames it processed, and one entry per object."""
+    """legend.json: whether the run was partial (and why), the frames it processed, the score an object needs to
+    be drawn, and one entry per object (``shown``: drawn in the preview and PNGs)."""
     done = tracks.segmented_frames()
     return {"partial": why is not None, "stopped_by": why, "num_frames": tracks.num_frames,
-            "segmented_frames": _ranges(done), "objects": tracks.legend()}
+            "segmented_frames": _ranges(done), "min_score": tracks.min_score, "objects": tracks.legend()}
 
 
 def _ranges(frames: list[int]) -> list[list[int]]:

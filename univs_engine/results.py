@@ -10,13 +10,18 @@ Storage rules
 * Counts are kept as uint16 when every run fits (frames up to 65535 pixels or short runs), else uint32.
 * Overlaps: :meth:`Tracks.id_map` and :meth:`Tracks.color_map` paint objects in insertion order
   (``add_object`` order), so where masks overlap the **later-added** object wins.
+* Shown objects: ``min_score`` is the score a result needs to be shown (the task's class threshold for
+  category-guided instance results, 0 otherwise); :meth:`Tracks.shown_ids` lists the objects that reach it.
+  What a user sees (previews, colour / id maps, masks, SEGS) draws the shown objects by default, while the
+  stored results and evaluation exports keep every object.
 
 File format of :meth:`Tracks.save` (a single uncompressed ``.npz``, loadable with ``allow_pickle=False``):
 
 =================  =========================================================================================
 ``meta``           uint8 bytes of a UTF-8 JSON object: ``format`` ("univs-tracks"), ``version`` (2),
-                   ``num_frames``, ``height``, ``width``, ``fps`` (null when unknown), ``objects`` = list of
-                   ``{obj_id, label, category, isthing, score}`` in insertion order
+                   ``num_frames``, ``height``, ``width``, ``fps`` (null when unknown), ``min_score`` (absent
+                   in older files: 0), ``objects`` = list of ``{obj_id, label, category, isthing, score}`` in
+                   insertion order
 ``segmented``      uint8 [ceil(num_frames / 8)] packed bits: frames a run processed (version 1 files:
                    every frame)
 ``entry_obj``      int64 [E]   object id of each stored mask
@@ -84,6 +89,8 @@ class Tracks:
     with :meth:`set_mask`. Frame indices are 0-based and must lie in ``[0, num_frames)``.
     """
 
+    _min_score: float = 0.0  # class default: a Tracks pickled before min_score existed shows every object
+
     def __init__(self, num_frames: int, height: int, width: int) -> None:
         if num_frames < 0 or height <= 0 or width <= 0:
             raise ValueError(f"invalid Tracks size: num_frames={num_frames}, height={height}, width={width}")
@@ -91,6 +98,8 @@ class Tracks:
         self.height = int(height)
         self.width = int(width)
         self.fps: float | None = None  # the source video's frame rate, when known
+        # The score an object needs to be shown (shown_ids); lower-scored results are kept but not drawn.
+        self.min_score: float = 0.0
         # Frames a run processed: an unprocessed frame must not look like "object absent" (a partial run, or a
         # propagation over part of the video).
         self._segmented = np.zeros(self.num_frames, dtype=bool)
@@ -144,6 +153,26 @@ class Tracks:
     def object_ids(self) -> list[int]:
         """Object ids in insertion (paint) order."""
         return list(self._objects)
+
+    @property
+    def min_score(self) -> float:
+        """The score an object needs to be shown (:meth:`shown_ids`); 0 shows every object."""
+        return self._min_score
+
+    @min_score.setter
+    def min_score(self, value: float) -> None:
+        v = float(value)
+        if not math.isfinite(v):
+            raise ValueError(f"min_score must be a finite number, got {value!r}")
+        self._min_score = v
+
+    def shown_ids(self) -> list[int]:
+        """Object ids (paint order) whose score reaches ``min_score``: the objects outputs draw by default."""
+        return [oid for oid, info in self._objects.items() if self.is_shown(oid)]
+
+    def is_shown(self, obj_id: int) -> bool:
+        """Whether the object's score reaches ``min_score``."""
+        return float(self.info(obj_id).score) >= self._min_score
 
     def info(self, obj_id: int) -> ObjectInfo:
         """Metadata of one object."""
@@ -317,7 +346,8 @@ class Tracks:
         return colors[order[np.searchsorted(keys[order], ids)]]
 
     def legend(self) -> list[dict[str, Any]]:
-        """One dict per object: id, label, category, color, score, isthing, first_frame, last_frame."""
+        """One dict per object: id, label, category, color, score, isthing, first_frame, last_frame, shown
+        (whether the score reaches ``min_score``)."""
         out = []
         for oid, info in self._objects.items():
             frames = self._masks[oid]
@@ -331,6 +361,7 @@ class Tracks:
                     "isthing": info.isthing,
                     "first_frame": min(frames) if frames else None,
                     "last_frame": max(frames) if frames else None,
+                    "shown": self.is_shown(oid),
                 }
             )
         return out
@@ -383,6 +414,7 @@ class Tracks:
             "height": self.height,
             "width": self.width,
             "fps": self.fps,
+            "min_score": self._min_score,
             "objects": [
                 {"obj_id": i.obj_id, "label": i.label, "category": i.category, "isthing": i.isthing, "score": i.score}
                 for i in self._objects.values()
@@ -430,6 +462,10 @@ class Tracks:
             raise ValueError(f"not a tracks file of a supported version: {path}")
         tr = cls(meta["num_frames"], meta["height"], meta["width"])
         tr.fps = meta.get("fps")
+        try:
+            tr.min_score = float(meta.get("min_score") or 0.0)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"not a valid tracks file: {path} (min_score: {e})") from e
         for o in meta["objects"]:
             tr.add_object(o["obj_id"], o["label"], o["category"], o["isthing"], o["score"])
         for i in range(objs.size):
@@ -452,7 +488,8 @@ class Tracks:
 
     def __repr__(self) -> str:
         n = sum(len(p) for p in self._masks.values())
+        shown = f", shown={len(self.shown_ids())}, min_score={self.min_score:g}" if self.min_score else ""
         return (
             f"Tracks(num_frames={self.num_frames}, height={self.height}, width={self.width}, "
-            f"objects={len(self._objects)}, masks={n}, nbytes={self.nbytes()})"
+            f"objects={len(self._objects)}{shown}, masks={n}, nbytes={self.nbytes()})"
         )

@@ -12,7 +12,9 @@ An existing destination is never replaced silently: constructors raise ``FileExi
 out of the output folder). New files and folders get the usual permissions (``0o666`` / ``0o777`` less the
 umask). Using a writer as a context manager commits on success and discards the temp output when the block
 raises. The ``export_*`` helpers stream a whole :class:`~univs_engine.results.Tracks` (plus the video for
-RGB content) through these writers.
+RGB content) through these writers; what they draw (masks, id / colour maps, previews) defaults to the objects
+the tracks show (``Tracks.shown_ids``: score >= ``Tracks.min_score``), while the YouTube-VIS JSON keeps every
+result.
 
 Encoders (checked at run time with :func:`available_encoders`): overlay mp4 uses ``libx264`` (yuv420p, CRF)
 and falls back to ``mpeg4``; alpha ``.mov`` uses ``prores_ks`` (ProRes 4444, ``yuva444p10le``) falling back to
@@ -494,9 +496,10 @@ def render_tracks_overlay(
     labels: bool = True,
     thickness: int = 2,
 ) -> np.ndarray:
-    """:func:`render_overlay` of the objects of ``tracks`` visible in ``frame_idx`` (label: ``"<id> <label>"``)."""
-    wanted = None if obj_ids is None else set(obj_ids)
-    ids = [o for o in tracks.objects_in(frame_idx) if wanted is None or o in wanted]
+    """:func:`render_overlay` of the objects of ``tracks`` visible in ``frame_idx`` (label: ``"<id> <label>"``);
+    ``obj_ids`` default: the shown objects."""
+    wanted = set(_shown(tracks, obj_ids))
+    ids = [o for o in tracks.objects_in(frame_idx) if o in wanted]
     masks = [tracks.mask(frame_idx, o) for o in ids]
     colors = [tracks.info(o).color for o in ids]
     texts = [f"{o} {tracks.info(o).label}".strip() for o in ids] if labels else None
@@ -579,6 +582,14 @@ def save_tracks(tracks: "Tracks", path: str | os.PathLike[str], overwrite: bool 
 
 
 # =============================================================================================== exports from Tracks
+def _shown(tracks: "Tracks", obj_ids: Iterable[int] | None) -> list[int]:
+    """``obj_ids`` as given, else the objects the tracks show (score >= ``min_score``; all for duck-typed tracks)."""
+    if obj_ids is not None:
+        return list(obj_ids)
+    shown = getattr(tracks, "shown_ids", None)
+    return list(shown()) if callable(shown) else list(tracks.object_ids)
+
+
 def _frames(tracks: "Tracks", frames: Iterable[int] | None) -> list[int]:
     return list(range(tracks.num_frames)) if frames is None else sorted(set(frames))
 
@@ -603,8 +614,9 @@ def export_mask_pngs(
     frames: Iterable[int] | None = None,
 ) -> Path:
     """Per-object 0/255 (or 16-bit) PNG sequences for every frame of ``frames`` (default: all; blank masks
-    included), e.g. ``tracks.segmented_frames()`` to leave out frames a run never processed."""
-    ids = tracks.object_ids if obj_ids is None else list(obj_ids)
+    included), e.g. ``tracks.segmented_frames()`` to leave out frames a run never processed; ``obj_ids``
+    default: the shown objects."""
+    ids = _shown(tracks, obj_ids)
     with MaskPngWriter(out_dir, bit_depth=bit_depth, frame_names=frame_names, overwrite=overwrite) as w:
         for f in _frames(tracks, frames):
             for o in ids:
@@ -621,10 +633,12 @@ def export_id_pngs(
     overwrite: bool = False,
     frames: Iterable[int] | None = None,
 ) -> Path:
-    """Per-frame id PNGs of ``Tracks.id_map`` (later-added objects win overlaps) for ``frames`` (default: all)."""
+    """Per-frame id PNGs of ``Tracks.id_map`` (later-added objects win overlaps) for ``frames`` (default: all);
+    ``obj_ids`` default: the shown objects."""
+    ids = _shown(tracks, obj_ids)
     with IdPngWriter(out_dir, mode=mode, frame_names=frame_names, overwrite=overwrite) as w:
         for f in _frames(tracks, frames):
-            w.write(f, tracks.id_map(f, obj_ids))
+            w.write(f, tracks.id_map(f, ids))
     return w.path
 
 
@@ -637,10 +651,11 @@ def export_color_pngs(
     frames: Iterable[int] | None = None,
 ) -> Path:
     """Per-frame colour-coded PNGs of ``Tracks.color_map`` (object colours, black background), ``frames``
-    (default: all)."""
+    (default: all); ``obj_ids`` default: the shown objects."""
+    ids = _shown(tracks, obj_ids)
     with ColorPngWriter(out_dir, frame_names=frame_names, overwrite=overwrite) as w:
         for f in _frames(tracks, frames):
-            w.write(f, tracks.color_map(f, obj_ids))
+            w.write(f, tracks.color_map(f, ids))
     return w.path
 
 
@@ -697,9 +712,10 @@ def export_overlay_video(
 ) -> Path:
     """Overlay preview mp4: translucent coloured masks, contours and ``"<id> <label>"`` text over the video.
 
-    ``frames``: the preview covers the first to the last of them (default: the whole video)."""
+    ``frames``: the preview covers the first to the last of them (default: the whole video); ``obj_ids``
+    default: the shown objects."""
     _check_source(tracks, source)
-    ids = None if obj_ids is None else list(obj_ids)
+    ids = _shown(tracks, obj_ids)
     span = _span(tracks, frames)
     with OverlayVideoWriter(path, tracks.width, tracks.height, fps or source.fps, overwrite=overwrite, crf=crf) as w:
         for f, rgb in source.iter_frames(span.start, span.stop):
