@@ -168,13 +168,18 @@ class LoadUniVS(io.ComfyNode):
                                        "vocabularies without a text encoder."),
                 io.Boolean.Input("offload_after_run", default=False, advanced=True,
                                  tooltip="Move the model off the GPU after every run (saves VRAM, costs reload time)."),
+                io.Boolean.Input("compile", default=False, advanced=True, optional=True,
+                                 tooltip="torch.compile the model (CUDA graphs on a GPU): the first run of each video "
+                                         "size compiles for minutes, later runs are faster. Not yet measured on a "
+                                         "GPU; off by default."),
             ],
             outputs=[UniVSModelType.Output("model", tooltip="The loaded UniVS model.")],
         )
 
     @classmethod
     def execute(cls, checkpoint, precision="auto", device="auto", text_encoder=runtime.NONE_OPTION,
-                class_embeddings=runtime.NONE_OPTION, offload_after_run=False) -> io.NodeOutput:
+                class_embeddings=runtime.NONE_OPTION, offload_after_run=False, compile=False) -> io.NodeOutput:
+        from univs_engine import compiled
         from univs_engine.api import load_model
 
         ckpt = runtime.resolve_model_file(folder_paths, checkpoint, "checkpoint")
@@ -191,6 +196,8 @@ class LoadUniVS(io.ComfyNode):
                                class_embeddings=None if ckpt == "small" else ce, device="cpu", dtype=dtype)
         except FileNotFoundError as e:
             raise ValueError(f"checkpoint: {e}") from e
+        if compile:  # lazily: each stage compiles on its first call, on the device the patcher moves it to
+            compiled.compile_model(model.net, compiled.mode_for(dev))
         patcher = runtime.wrap_model(model, dev, _model_patcher, mm)
         handle = runtime.UniVSHandle(model=model, patcher=patcher, name=checkpoint, device=dev, dtype=dtype,
                                      offload_after_run=bool(offload_after_run),

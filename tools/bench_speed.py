@@ -119,15 +119,14 @@ def execution(model, mode: str, core: str):
     saved_core = ms_deform_attn.MSDeformAttn.__dict__["core"]  # the staticmethod itself
     if core != "default":
         ms_deform_attn.MSDeformAttn.core = staticmethod(ms_deform_attn.core_named(core))
-    undo = lambda: None  # noqa: E731
-    if mode != "eager":
-        from univs_engine import compiled
+    from univs_engine import compiled
 
-        undo = compiled.compile_model(model.net, mode=mode)
+    if mode != "eager":
+        compiled.compile_model(model.net, mode={"compiled": "default", "graphs": "reduce-overhead"}[mode])
     try:
         yield
     finally:
-        undo()
+        compiled.uncompile(model.net)
         ms_deform_attn.MSDeformAttn.core = saved_core
 
 

@@ -100,6 +100,15 @@ class UniVSModel:
         """The precision context for a run (a no-op in fp32)."""
         return core.autocast(self.device, self.precision)
 
+    def compile(self, requested: bool | None = True) -> bool:
+        """torch.compile the backbone, pixel decoder and decoder in place (`univs_engine.compiled`: fullgraph,
+        CUDA graphs on CUDA); None = only on CUDA with Triton. Call after `to()`. -> whether it is compiled."""
+        from . import compiled
+
+        if compiled.enabled(self.device, requested):
+            compiled.compile_model(self.net, compiled.mode_for(self.device))
+        return compiled.is_compiled(self.net)
+
 
 def small_model_path() -> Path:
     """The model trained and shipped by this project."""
