@@ -56,7 +56,8 @@ class TrackState:
     """Bounded per-video state. masks/logits/boxes/embds hold the most recent frames only:
     logits [N, F, Hp, Wp] for frames [end - F, end); boxes [N, F, 4]; embds [N, F, C]."""
 
-    first_frames: torch.Tensor  # [N] absolute first-appearance frame, -1 if not yet seen
+    first_frames: torch.Tensor  # [N] absolute first-appearance frame, -1 if not yet seen; on the CPU: the loop
+    # decides on it every clip, and it only changes where prompts are written (known on the host)
     logits: torch.Tensor
     boxes: torch.Tensor
     embds: torch.Tensor
@@ -71,7 +72,7 @@ class TrackState:
     def copy(self, device=None) -> "TrackState":
         """An independent copy (tensors cloned, on `device` if given)."""
         move = lambda t: t.detach().to(device, copy=True)  # noqa: E731
-        return TrackState(move(self.first_frames), move(self.logits), move(self.boxes), move(self.embds), self.end,
+        return TrackState(self.first_frames.clone(), move(self.logits), move(self.boxes), move(self.embds), self.end,
                           None if self.memory is None else self.memory.copy(device), dict(self.shapes))
 
 
@@ -181,7 +182,7 @@ class PromptedClipLoop:
     def _new_state(self, num_targets: int, is_text: bool) -> TrackState:
         dev = self.model.pixel_mean.device
         N, C, (Hp, Wp) = num_targets, self.model.cfg.hidden_dim, self.g.padded_size
-        state = TrackState(torch.full((N,), -1, dtype=torch.long, device=dev), torch.zeros(N, 0, Hp, Wp, device=dev),
+        state = TrackState(torch.full((N,), -1, dtype=torch.long), torch.zeros(N, 0, Hp, Wp, device=dev),
                            torch.zeros(N, 0, 4, device=dev), torch.zeros(N, 0, C, device=dev))
         if is_text:  # every expression is a target from the first frame
             state.first_frames.zero_()
@@ -215,7 +216,7 @@ class PromptedClipLoop:
             # annotation boxes follow detectron2's BitMasks convention: exclusive max corner
             box = mask_box(masks > 0).to(st.boxes) + torch.tensor([0, 0, 1, 1], device=st.boxes.device)
             st.boxes[idx, j] = box / torch.tensor([Wp, Hp, Wp, Hp], device=st.boxes.device)
-            st.first_frames[idx] = f
+            st.first_frames[idx.cpu()] = f  # annotation indices are made on the host: no copy
 
     def _decode(self, st: TrackState, feats, i, n, text: TextTargets | None, stuff: StuffHelp | None):
         mask_features, multi = feats
