@@ -58,7 +58,7 @@ run env UNIVS_TEST_DEVICE=$DEVICE "$PY" -m pytest -q -p no:cacheprovider tests/t
     tests/test_parity_decoder.py tests/test_triton_deform.py tests/test_compiled.py
 
 step "bf16 / fp16 agreement with fp32 on $DEVICE"
-run "$PY" tools/precision_error.py --device $DEVICE --frames $([[ $DRY == 1 ]] && echo 2 || echo 8)
+run "$PY" tools/precision_error.py --device $DEVICE --frames $([[ $DRY == 1 ]] && echo 4 || echo 8)
 
 CORES=default,grid_sample
 "$PY" -c "import triton" 2>/dev/null && CORES=grid_sample,triton
