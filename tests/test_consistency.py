@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 
-from univs_engine.metrics.consistency import Lifetime, empty_fraction, track_lifetimes, unlabelled_fraction
+from univs_engine.metrics.consistency import (Lifetime, empty_fraction, false_positive_share, identity_switches,
+                                              track_lifetimes, unlabelled_fraction)
 
 
 def test_unlabelled_fraction_per_frame():
@@ -76,6 +78,42 @@ def test_empty_fraction():
         empty_fraction(gt[0], pred[0])
 
 
+def test_identity_switches_hand_worked():
+    # 5 frames of 1 x 4 pixels: objects 1 (pixels 0-1) and 2 (pixels 2-3) all along
+    gt = np.tile(np.array([[[1, 1, 2, 2]]]), (5, 1, 1))
+    pred = np.array([[[4, 4, 6, 6]],   # track 4 on object 1, track 6 on object 2
+                     [[4, 4, 0, 0]],   # track 6 ends
+                     [[0, 0, 4, 4]],   # track 4 jumps to object 2: one switch
+                     [[0, 4, 0, 0]],   # track 4 on half of object 1 (IoU 1/2 counts): back, a second switch
+                     [[0, 0, 0, 4]]])  # IoU 1/2 with object 2: a third
+    assert identity_switches(gt, pred) == {4: 3, 6: 0}
+    # a stricter IoU only keeps the full-object frames 0-2: one switch
+    assert identity_switches(gt, pred, iou=0.6) == {4: 1, 6: 0}
+    # frames matching nothing do not reset: 1 -> nothing -> 1 is no switch
+    gap = np.array([[[4, 4, 0, 0]], [[0, 0, 0, 0]], [[4, 4, 0, 0]]])
+    assert identity_switches(gt[:3], gap, tracks=[4]) == {4: 0}
+    with pytest.raises(ValueError):
+        identity_switches(gt, pred[:2])
+
+
+def test_false_positive_share():
+    gt = np.zeros((2, 2, 1, 4), bool)
+    pred = np.zeros_like(gt)
+    gt[0, :, 0, :2] = True                          # target 0: pixels 0-1 in both frames
+    pred[0, 0, 0, :3] = True                        # frame 0: 1 of 3 predicted pixels is wrong
+    pred[0, 1, 0, 1:] = True                        # frame 1: 2 of 3 wrong -> pooled 3 / 6
+    gt[1, :, 0, 3] = True                           # target 1 never predicted -> 0
+    np.testing.assert_allclose(false_positive_share(gt, pred), [0.5, 0.0])
+    # only frame 0 evaluated
+    np.testing.assert_allclose(false_positive_share(gt, pred, valid=np.array([[1, 0], [1, 1]], bool)), [1 / 3, 0])
+    # only the pixels on another object (pixel 3) count: frame 1's pixel 3 -> 1 / 6
+    other = np.zeros_like(gt)
+    other[:, :, 0, 3] = True
+    np.testing.assert_allclose(false_positive_share(gt, pred, other_objects=other), [1 / 6, 0])
+    with pytest.raises(ValueError):
+        false_positive_share(gt[0], pred[0])
+
+
 # ---------------------------------------------------------------------------------------------- issue 17
 @pytest.fixture(scope="module")
 def sample():
@@ -119,3 +157,26 @@ def test_small_pvos_stuff_targets_never_come_back_empty(small, sample):
     pred = np.stack([np.stack([tr.mask(t, k + 1) for t in range(sample.num_frames)]) for k in range(len(segs))])
     stuff = [k for k, s in enumerate(segs) if not s.isthing]
     assert stuff and empty_fraction(masks[stuff], pred[stuff]).max() == 0.0
+
+
+def test_one_per_pixel_keeps_the_largest_logit():
+    from univs_engine.inference.core import one_per_pixel
+
+    logits = torch.tensor([[[2.0, -1.0, 3.0, 0.5]],
+                           [[1.0, -2.0, 4.0, -0.5]]])
+    out = one_per_pixel(logits)
+    # pixel 0: target 0 keeps 2, target 1 capped to 0; pixel 1: nobody, unchanged; pixel 2: target 1 wins
+    torch.testing.assert_close(out, torch.tensor([[[2.0, -1.0, 0.0, 0.5]], [[0.0, -2.0, 4.0, -0.5]]]))
+    assert ((out > 0).sum(0) <= 1).all()
+    assert one_per_pixel(logits[:1]) is not None and torch.equal(one_per_pixel(logits[:1]), logits[:1])
+
+
+def test_small_refvos_expressions_do_not_share_pixels(small, sample):
+    """The official text loop lets expressions overlap (this test failed on the old output: two expressions
+    shared pixels on the sample); each pixel now goes to the expression with the largest logit."""
+    from univs_engine.api import Prompt, track
+
+    tr = track(small, sample.frames, [Prompt(k + 1, 0, text=e) for k, e in enumerate(sample.expressions)])
+    ids = list(range(1, len(sample.expressions) + 1))
+    for t in range(sample.num_frames):
+        assert (np.stack([tr.mask(t, i) for i in ids]).sum(0) <= 1).all(), f"frame {t}"

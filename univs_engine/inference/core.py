@@ -180,6 +180,15 @@ def to_output(logits: torch.Tensor, geometry: ClipGeometry, mode: str = "bilinea
     return F.interpolate(x, size=tuple(geometry.out_size), mode=mode, **kw)[:, 0]
 
 
+def one_per_pixel(logits: torch.Tensor) -> torch.Tensor:
+    """Each pixel to at most one target, the one with the largest logit: logits [N, H, W] -> the same with every
+    other target's logit there capped at 0 (not shown, and counted as uncertain by `mask_quality`)."""
+    if logits.shape[0] < 2:
+        return logits
+    top = logits.argmax(0, keepdim=True) == torch.arange(logits.shape[0], device=logits.device).view(-1, 1, 1)
+    return torch.where(top, logits, logits.clamp(max=0))
+
+
 _AUTOCAST_DEVICES = ("cpu", "cuda", "xpu")  # torch 2.3-2.5 reject other device types even when disabled
 
 

@@ -10,6 +10,12 @@
   ``missed`` = present frames that no track covers.
 * ``empty_fraction``: for prompted targets (VOS / PVOS), the share of frames where the target is present
   in the ground truth and its prediction is empty.
+* ``identity_switches``: per predicted track, how often it jumps from one ground-truth object to another
+  (its matched object, IoU >= ``iou``, differs from the one it last matched). A track that loses its object
+  should end, not carry on over a different one.
+* ``false_positive_share``: for a prompted target (RefVOS), the share of its predicted pixels, pooled over
+  the evaluated frames, that lie outside its ground truth; ``other_objects`` restricts it to pixels on other
+  listed objects (an expression that pulls in a second object).
 
 Pure numpy; id maps are integer arrays [T, H, W], masks bool [N, T, H, W].
 """
@@ -91,3 +97,45 @@ def empty_fraction(gt_masks: np.ndarray, pred_masks: np.ndarray) -> np.ndarray:
     present = gt.reshape(*gt.shape[:2], -1).any(-1)
     empty = present & ~pred.reshape(*pred.shape[:2], -1).any(-1)
     return empty.sum(1) / np.maximum(present.sum(1), 1)
+
+
+def identity_switches(gt: np.ndarray, pred: np.ndarray, tracks: Iterable[int] | None = None,
+                      iou: float = 0.5, gt_void: int | None = 0, pred_void: int = 0) -> dict[int, int]:
+    """Per predicted track id of ``pred`` [T, H, W] (all ids but ``pred_void`` unless ``tracks`` lists
+    some), the number of frames where it matches a ground-truth segment of ``gt`` [T, H, W] other than the
+    one it matched last. Frames where it matches nothing do not reset what it matched."""
+    gt, pred = np.asarray(gt), np.asarray(pred)
+    if gt.shape != pred.shape or gt.ndim != 3:
+        raise ValueError(f"gt {gt.shape} and pred {pred.shape} must both be [T, H, W]")
+    ids = sorted(int(p) for p in (np.unique(pred) if tracks is None else tracks) if p != pred_void)
+    out = {}
+    for p in ids:
+        last, switches = None, 0
+        for t in range(gt.shape[0]):
+            mask = pred[t] == p
+            if not mask.any():
+                continue
+            hit = _matching_track(mask, gt[t], iou, gt_void)
+            if hit is not None:
+                switches += last is not None and hit != last
+                last = hit
+        out[p] = int(switches)
+    return out
+
+
+def false_positive_share(gt_masks: np.ndarray, pred_masks: np.ndarray, valid: np.ndarray | None = None,
+                         other_objects: np.ndarray | None = None) -> np.ndarray:
+    """Per target, predicted pixels outside its ground truth / all its predicted pixels, pooled over the
+    frames marked ``valid`` [N, T] (all when None): gt_masks, pred_masks bool [N, T, H, W] -> [N] (0 for
+    an empty prediction). With ``other_objects`` [N, T, H, W] bool (pixels of the other objects of each
+    target's video), only the predicted pixels on those count."""
+    gt, pred = np.asarray(gt_masks, bool), np.asarray(pred_masks, bool)
+    if gt.shape != pred.shape or gt.ndim != 4:
+        raise ValueError(f"gt {gt.shape} and pred {pred.shape} must both be [N, T, H, W]")
+    if valid is not None:
+        pred = pred & np.asarray(valid, bool)[:, :, None, None]
+    wrong = pred & ~gt
+    if other_objects is not None:
+        wrong &= np.asarray(other_objects, bool)
+    area = pred.reshape(pred.shape[0], -1).sum(1)
+    return wrong.reshape(wrong.shape[0], -1).sum(1) / np.maximum(area, 1)
