@@ -22,7 +22,7 @@ from conftest import REDUCED, load_reference, reference_path
 from univs_engine import get_config
 from univs_engine.modeling.image_encoder import (FrozenBatchNorm2d, ResNet, SwinTransformer,
                                                  build_image_encoder, freeze_batch_norm)
-from univs_engine.modeling.ms_deform_attn import MSDeformAttn, ms_deform_attn_core
+from univs_engine.modeling.ms_deform_attn import MSDeformAttn, ms_deform_attn_core, ms_deform_attn_gather
 from univs_engine.modeling.pixel_decoder import MSDeformAttnPixelDecoder
 
 torch.set_num_threads(2)
@@ -252,15 +252,16 @@ def test_affine_frozen_bn_is_trainable():
 # ----------------------------------------------------------------------------------------------
 # MSDeformAttn core
 # ----------------------------------------------------------------------------------------------
-def test_ms_deform_attn_core_against_direct_bilinear():
-    """Core vs an explicit bilinear interpolation (zeros outside, pixel centres at (i + 0.5) / size)."""
+@pytest.mark.parametrize("core", [ms_deform_attn_core, ms_deform_attn_gather], ids=["grid_sample", "gather"])
+def test_ms_deform_attn_core_against_direct_bilinear(core):
+    """Each core vs an explicit bilinear interpolation (zeros outside, pixel centres at (i + 0.5) / size)."""
     torch.manual_seed(0)
     shapes = [(3, 4), (2, 2)]
     b, heads, d, q, points = 2, 2, 3, 5, 3
     value = torch.randn(b, sum(h * w for h, w in shapes), heads, d, dtype=torch.float64)
     loc = torch.rand(b, q, heads, len(shapes), points, 2, dtype=torch.float64) * 1.4 - 0.2
     weights = torch.rand(b, q, heads, len(shapes), points, dtype=torch.float64)
-    got = ms_deform_attn_core(value, torch.tensor(shapes), loc, weights)
+    got = core(value, torch.tensor(shapes), loc, weights)
 
     expected = torch.zeros(b, q, heads, d, dtype=torch.float64)
     start = 0

@@ -1,5 +1,6 @@
-"""The Triton deformable-attention kernel (univs_engine/modeling/ms_deform_triton.py) against the grid_sample core,
-and how the engine picks between them.
+"""The Triton deformable-attention kernel (univs_engine/modeling/ms_deform_triton.py) and the gather core
+(ms_deform_attn.ms_deform_attn_gather, the CPU default) against the grid_sample core, and how the engine picks
+between them.
 
 On the CPU the kernel runs in Triton's interpreter (TRITON_INTERPRET=1, set per test); with UNIVS_TEST_DEVICE=cuda
 the same checks run the compiled kernel on the GPU. Kernel tests skip without the ``triton`` package; the selection
@@ -33,6 +34,15 @@ def kernel(monkeypatch):
     return mdt.ms_deform_attn_triton
 
 
+@pytest.fixture(params=["gather", "triton"])
+def core(request, monkeypatch):
+    """Each fast core: the gather core (plain torch) and the Triton kernel (as `kernel`)."""
+    if request.param == "gather":
+        monkeypatch.delenv(mda.CORE_ENV, raising=False)
+        return mda.ms_deform_attn_gather
+    return request.getfixturevalue("kernel")
+
+
 def inputs(shapes, b, q, heads, d, points, seed, dtype=torch.float32):
     """Random (value [B,S,heads,d], locations [B,Q,heads,L,P,2] in [-0.2, 1.2], weights [B,Q,heads,L,P]) on DEVICE;
     about a sixth of the locations moved onto a map edge or a pixel-centre line of their level."""
@@ -57,37 +67,37 @@ def max_error(kernel, shapes, value, loc, weights) -> float:
     return (out.float() - ref).abs().max().item()
 
 
-def test_reference_shapes_fp32(kernel):
+def test_reference_shapes_fp32(core):
     """8 heads of 32 channels, 3 levels, 4 points, every token a query (the encoder's self-attention)."""
     q = sum(h * w for h, w in REFERENCE_SHAPES)
-    assert max_error(kernel, REFERENCE_SHAPES, *inputs(REFERENCE_SHAPES, 1, q, 8, 32, 4, seed=0)) < 1e-5
+    assert max_error(core, REFERENCE_SHAPES, *inputs(REFERENCE_SHAPES, 1, q, 8, 32, 4, seed=0)) < 1e-5
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_random_shapes_fp32(kernel, seed):
+def test_random_shapes_fp32(core, seed):
     """Odd map sizes (1 pixel wide included), 1-4 levels, odd channel counts, 1-2 frames, query counts around the
-    kernel's block of 64."""
+    core's block of 64."""
     g = torch.Generator().manual_seed(100 + seed)
     rnd = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=g))  # noqa: E731
     shapes = [(rnd(1, 9), rnd(1, 11)) for _ in range(rnd(1, 4))]
     b, heads, d = rnd(1, 2), rnd(1, 3), (1, 5, 16, 24)[seed]
     q = (7, 64, 65, 100)[seed]
-    assert max_error(kernel, shapes, *inputs(shapes, b, q, heads, d, rnd(1, 3), seed=seed)) < 1e-5
+    assert max_error(core, shapes, *inputs(shapes, b, q, heads, d, rnd(1, 3), seed=seed)) < 1e-5
 
 
-def test_locations_far_outside_read_zeros(kernel):
+def test_locations_far_outside_read_zeros(core):
     shapes = [(5, 7), (3, 3)]
     value, loc, weights = inputs(shapes, 2, 20, 2, 8, 2, seed=7)
     far = torch.tensor([-1e6, -3.0, -1.0, -0.5, 1.5, 2.0, 7.0, 1e6], device=DEVICE)
     loc = far[torch.randint(0, len(far), loc.shape, generator=torch.Generator().manual_seed(1))].to(DEVICE)
-    assert kernel(value, shapes, loc, weights).abs().max().item() == 0.0
+    assert core(value, shapes, loc, weights).abs().max().item() == 0.0
     loc[..., 1] = 0.5  # y inside, x outside: still zero
-    assert kernel(value, shapes, loc, weights).abs().max().item() == 0.0
+    assert core(value, shapes, loc, weights).abs().max().item() == 0.0
 
 
-def test_shapes_as_tensor_and_two_frames(kernel):
+def test_shapes_as_tensor_and_two_frames(core):
     value, loc, weights = inputs(REFERENCE_SHAPES, 2, 30, 2, 16, 4, seed=3)
-    out = kernel(value, torch.tensor(REFERENCE_SHAPES, device=DEVICE), loc, weights)
+    out = core(value, torch.tensor(REFERENCE_SHAPES, device=DEVICE), loc, weights)
     assert (out - ms_deform_attn_core(value, REFERENCE_SHAPES, loc, weights)).abs().max().item() < 1e-5
 
 
@@ -182,12 +192,14 @@ def test_kernel_compiles_for_cuda_without_a_gpu(dtype, arch):
 
 
 # ---------------------------------------------------------------------------------------------- selection
-def test_cpu_keeps_grid_sample_unless_forced(monkeypatch):
+def test_cpu_uses_the_gather_core_unless_forced(monkeypatch):
     monkeypatch.delenv(mda.CORE_ENV, raising=False)
     assert MSDeformAttn.core is mda.default_core
-    assert select_core("cpu") is ms_deform_attn_core
+    assert select_core("cpu") is mda.ms_deform_attn_gather and select_core("mps") is ms_deform_attn_core
     monkeypatch.setenv(mda.CORE_ENV, "grid_sample")
     assert select_core("cpu") is ms_deform_attn_core and select_core("cuda") is ms_deform_attn_core
+    monkeypatch.setenv(mda.CORE_ENV, "gather")
+    assert select_core("cpu") is mda.ms_deform_attn_gather and select_core("cuda") is mda.ms_deform_attn_gather
     monkeypatch.setenv(mda.CORE_ENV, "fast")
     with pytest.raises(ValueError, match="UNIVS_DEFORM_CORE='fast'"):
         select_core("cpu")
@@ -219,3 +231,25 @@ def test_without_triton_the_module_imports_and_reports_unavailable():
     env = {k: v for k, v in os.environ.items() if k != "UNIVS_DEFORM_CORE"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_gather_core_in_the_module_and_gradients_use_grid_sample(monkeypatch):
+    """MSDeformAttn on the CPU (the gather core by default) equals the grid_sample core within float rounding; with
+    gradients the default core is grid_sample, bit for bit."""
+    monkeypatch.delenv(mda.CORE_ENV, raising=False)
+    torch.manual_seed(0)
+    attn = MSDeformAttn(d_model=64, n_levels=3, n_heads=4, n_points=4)
+    with torch.no_grad():
+        attn.sampling_offsets.weight.normal_(0, 0.5)
+        attn.attention_weights.weight.normal_(0, 0.5)
+    s = sum(h * w for h, w in REFERENCE_SHAPES)
+    query, src, ref_pts = torch.randn(2, 25, 64), torch.randn(2, s, 64), torch.rand(2, 25, 3, 2)
+    with torch.no_grad():
+        fast = attn(query, ref_pts, src, REFERENCE_SHAPES)
+        attn.core = ms_deform_attn_core
+        base = attn(query, ref_pts, src, REFERENCE_SHAPES)
+        del attn.core
+    assert (fast - base).abs().max().item() < 1e-5 and not torch.equal(fast, base)
+    src.requires_grad_(True)
+    with_grad = attn(query, ref_pts, src, REFERENCE_SHAPES)
+    assert torch.equal(with_grad.detach(), base)

@@ -125,7 +125,8 @@ def _consistency(report: dict, recs: list[dict], thing_ids) -> None:
     from univs_engine.metrics.consistency import track_lifetimes, unlabelled_fraction
 
     vps = [r["vps"] for r in recs if "vps" in r]
-    for key, maps in (("vps", [(pred, 0) for _, _, pred, _ in vps]), ("vss", [r["vss"][1:] for r in recs if "vss" in r])):
+    vss = [r["vss"][1:] for r in recs if "vss" in r]
+    for key, maps in (("vps", [(pred, 0) for _, _, pred, _ in vps]), ("vss", vss)):
         if maps:
             unl = np.concatenate([unlabelled_fraction(m, void) for m, void in maps])
             report[f"{key}_unlabelled"], report[f"{key}_unlabelled_max"] = float(unl.mean()), float(unl.max())
@@ -267,7 +268,8 @@ def main() -> None:
     t = time.perf_counter()
     recs = collect(model, videos, tuple(args.tasks.split(",")), True if args.stuff_prompts else None)
     report = aggregate(recs)
-    print(f"held-out generated world ({args.split}): {args.videos} videos x {args.frames} frames at {args.size}x{args.size}, "
+    print(f"held-out generated world ({args.split}): {args.videos} videos x {args.frames} frames at "
+          f"{args.size}x{args.size}, "
           f"model {args.model} ({time.perf_counter() - t:.0f} s)")
     if not args.halves:
         for k, v in report.items():
@@ -275,7 +277,8 @@ def main() -> None:
         return
     half = len(recs) // 2
     a, b = aggregate(recs[:half]), aggregate(recs[half:])
-    print(f"{'':>26} {'all':>6} {'half A':>7} {'half B':>7} {'|A-B|':>6}   (halves: videos 0-{half - 1}, {half}-{len(recs) - 1})")
+    print(f"{'':>26} {'all':>6} {'half A':>7} {'half B':>7} {'|A-B|':>6}   "
+          f"(halves: videos 0-{half - 1}, {half}-{len(recs) - 1})")
     for k, v in report.items():
         print(f"{k:>26} {v:6.3f} {a[k]:7.3f} {b[k]:7.3f} {abs(a[k] - b[k]):6.3f}")
 
