@@ -164,7 +164,7 @@ def main() -> None:
     ap.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     ap.add_argument("--tasks", default="vos1", help=f"comma-separated, of {', '.join(TASKS)} (vosN: N box targets)")
     ap.add_argument("--modes", default="eager", help="comma-separated, of eager, compiled, graphs")
-    ap.add_argument("--cores", default="default", help="comma-separated, of default, grid_sample, triton")
+    ap.add_argument("--cores", default="default", help="comma-separated, of default, grid_sample, gather, triton")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     ap.add_argument("--stages", action="store_true", help="also print the per-stage times of eager vos1")
     args = ap.parse_args()

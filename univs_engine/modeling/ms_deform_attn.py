@@ -203,15 +203,24 @@ class MSDeformAttn(nn.Module):
         Returns:
             [B, Q, C].
         """
-        b, q, _ = query.shape
-        shapes = _shape_list(spatial_shapes)
-        s = input_flatten.shape[1]
-        if sum(h * w for h, w in shapes) != s:
-            raise ValueError(f"spatial_shapes {shapes} do not add up to the {s} input tokens")
+        return self.attend(query, reference_points, self.project_values(input_flatten, padding_mask), spatial_shapes)
+
+    def project_values(self, input_flatten: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """input_flatten [B, S, C] (padding_mask [B, S], True = padding, zeroed) -> values [B, S, heads, C/heads]."""
         value = self.value_proj(input_flatten)
         if padding_mask is not None:
             value = value.masked_fill(padding_mask[..., None], 0.0)
-        value = value.view(b, s, self.n_heads, self.d_model // self.n_heads)
+        return value.view(*value.shape[:2], self.n_heads, self.d_model // self.n_heads)
+
+    def attend(self, query: torch.Tensor, reference_points: torch.Tensor, value: torch.Tensor,
+               spatial_shapes: SpatialShapes) -> torch.Tensor:
+        """query [B, Q, C] and its reference points over projected values [B, S, heads, C/heads] -> [B, Q, C]. Each
+        query reads only its own samples, so any subset of queries gives those queries' rows of the whole."""
+        b, q, _ = query.shape
+        shapes = _shape_list(spatial_shapes)
+        s = value.shape[1]
+        if sum(h * w for h, w in shapes) != s:
+            raise ValueError(f"spatial_shapes {shapes} do not add up to the {s} input tokens")
         offsets = self.sampling_offsets(query).view(b, q, self.n_heads, self.n_levels, self.n_points, 2)
         weights = self.attention_weights(query).view(b, q, self.n_heads, self.n_levels * self.n_points)
         weights = weights.softmax(-1).view(b, q, self.n_heads, self.n_levels, self.n_points)
