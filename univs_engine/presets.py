@@ -35,9 +35,6 @@ class TaskSettings:
     box_nms: float = 0.85          # BOX_NMS_THRESH
     new_object: float = 0.1        # DETECT_NEWLY_OBJECT_THRESHOLD
     consistency: float = 0.25      # TEMPORAL_CONSISTENCY_THRESHOLD
-    # > 0 (not official): a tracked entity's clip prediction is dropped when its IoU with what the entity already
-    # holds on the clip's earlier frames is not above this (it jumped to another object)
-    continuity: float = 0.0
     stability: float = 0.25        # STABILITY_SCORE_THRESH (instance only)
     overlap: float = 0.8           # OVERLAP_THRESHOLD (panoptic composition)
     overlap_entity: float = 0.5    # OVERLAP_THRESHOLD_ENTITY (instance pixel competition)

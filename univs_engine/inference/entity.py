@@ -286,8 +286,6 @@ class EntityClipLoop:
         thr = s.consistency * (0.5 if i < s.clip_len else 1.0)
         sim = temporal_consistency(st.embds[:, -s.consistency_slots:], embds)
         keep = sim > thr
-        if s.continuity > 0:
-            keep = keep & self._continuous(st.logits[:, -n:], low, s.continuity)
         pos, tot = low.new_zeros(N), low.new_zeros(N)
         nonblank = low.new_zeros(N, n)
         for t in range(n):  # quality on the cropped padded-resolution masks (official)
@@ -326,16 +324,6 @@ class EntityClipLoop:
             st.boxes[idx, t - n] = mask_box(acc).float() / norm
         self._average_embds(st, idx, embds[idx].mean(1))
         st.quality[idx] += q[idx]
-
-    @staticmethod
-    def _continuous(held: torch.Tensor, low: torch.Tensor, threshold: float) -> torch.Tensor:
-        """[N] bool: each entity's new prediction low [N, n, h, w] overlaps what it already holds on these frames
-        (held, same shape) with IoU > threshold, or it holds nothing there. A prediction on another object has
-        jumped (the prompt query followed a look-alike); the official loop would add it to the entity's track."""
-        prev, cur = held > 0, low > 0
-        inter = (prev & cur).flatten(1).sum(1)
-        union = (prev | cur).flatten(1).sum(1)
-        return ~prev.flatten(1).any(1) | (inter > threshold * union)
 
     @staticmethod
     def _average_embds(st: EntityState, rows, new):
