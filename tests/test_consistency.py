@@ -159,16 +159,19 @@ def test_small_pvos_stuff_targets_never_come_back_empty(small, sample):
     assert stuff and empty_fraction(masks[stuff], pred[stuff]).max() == 0.0
 
 
-def test_one_per_pixel_keeps_the_largest_logit():
+def test_one_per_pixel_weighs_probability_by_mask_quality():
     from univs_engine.inference.core import one_per_pixel
 
+    # mask quality = #(logit > 1) / #(logit > -1): target 0 2/3, target 1 1/3
     logits = torch.tensor([[[2.0, -1.0, 3.0, 0.5]],
                            [[1.0, -2.0, 4.0, -0.5]]])
     out = one_per_pixel(logits)
-    # pixel 0: target 0 keeps 2, target 1 capped to 0; pixel 1: nobody, unchanged; pixel 2: target 1 wins
-    torch.testing.assert_close(out, torch.tensor([[[2.0, -1.0, 0.0, 0.5]], [[0.0, -2.0, 4.0, -0.5]]]))
-    assert ((out > 0).sum(0) <= 1).all()
-    assert one_per_pixel(logits[:1]) is not None and torch.equal(one_per_pixel(logits[:1]), logits[:1])
+    # pixel 2: target 1's logit is larger (4 > 3), but sigmoid(3) * 2/3 = 0.635 > sigmoid(4) / 3 = 0.327
+    torch.testing.assert_close(out, torch.tensor([[[2.0, -1.0, 3.0, 0.5]], [[0.0, -2.0, 0.0, -0.5]]]))
+    # equal qualities: the larger logit wins, the loser is capped at 0 (pixel 1: nobody, unchanged)
+    even = torch.tensor([[[2.0, -1.0, 0.5]], [[3.0, -2.0, 0.7]]])
+    torch.testing.assert_close(one_per_pixel(even), torch.tensor([[[0.0, -1.0, 0.0]], [[3.0, -2.0, 0.7]]]))
+    assert torch.equal(one_per_pixel(logits[:1]), logits[:1])
 
 
 def test_small_refvos_expressions_do_not_share_pixels(small, sample):

@@ -701,8 +701,9 @@ def _run_job(model, feeder: FrameFeeder, job: "_PromptJob", gen: torch.Generator
         for k, logits, _ in loop.run(feeder, len(job.ids), job.annotations, job.text, job.stuff, resume=resume):
             out = feeder.to_original(logits)
             # the official text loop lets expressions overlap (visual targets compete inside the loop); as its
-            # Ref-DAVIS output does, each pixel goes to one expression: by the largest logit (measured on val, 8
-            # videos: the official lowest-index rule 0.580 -> 0.533 J&F, this one -> 0.644, see tools/bench_quality)
+            # Ref-DAVIS output does, each pixel goes to one expression, here by probability x quality (val videos
+            # 8-63, overlapping -> this: RefVOS J&F 0.489 -> 0.486, false-positive area 0.46 -> 0.37; by the largest
+            # logit 0.476 / 0.38; the official lowest-index rule was worse still on videos 0-7)
             yield order[k], core.one_per_pixel(out) if job.text is not None else out, job.ids, k + 1 - last
             last = k + 1
     ctx.keep(order, job, resume, loop.snapshots)

@@ -181,11 +181,14 @@ def to_output(logits: torch.Tensor, geometry: ClipGeometry, mode: str = "bilinea
 
 
 def one_per_pixel(logits: torch.Tensor) -> torch.Tensor:
-    """Each pixel to at most one target, the one with the largest logit: logits [N, H, W] -> the same with every
-    other target's logit there capped at 0 (not shown, and counted as uncertain by `mask_quality`)."""
+    """Each pixel to at most one target: the one with the largest probability x mask quality there (the weighting
+    of the VOS pixel competition, so a target confident over its whole mask wins over one that is not).
+    logits [N, H, W] -> the same with every other target's logit there capped at 0 (not shown, and counted as
+    uncertain by `mask_quality`)."""
     if logits.shape[0] < 2:
         return logits
-    top = logits.argmax(0, keepdim=True) == torch.arange(logits.shape[0], device=logits.device).view(-1, 1, 1)
+    weight = logits.sigmoid() * mask_quality(logits)[:, None, None]
+    top = weight.argmax(0, keepdim=True) == torch.arange(logits.shape[0], device=logits.device).view(-1, 1, 1)
     return torch.where(top, logits, logits.clamp(max=0))
 
 
