@@ -51,10 +51,7 @@ def track_lifetimes(gt: np.ndarray, pred: np.ndarray, segments: Iterable[int] | 
                     iou: float = 0.5, gt_void: int | None = None, pred_void: int = 0) -> dict[int, Lifetime]:
     """Per ground-truth segment id of ``gt`` [T, H, W] (all ids but ``gt_void`` unless ``segments`` lists
     some), its lifetime in the predicted id maps ``pred`` [T, H, W] (id ``pred_void`` is no track)."""
-    gt, pred = np.asarray(gt), np.asarray(pred)
-    if gt.shape != pred.shape or gt.ndim != 3:
-        raise ValueError(f"gt {gt.shape} and pred {pred.shape} must both be [T, H, W]")
-    ids = sorted(int(s) for s in (np.unique(gt) if segments is None else segments) if s != gt_void)
+    gt, pred, ids = _id_maps(gt, pred, gt, segments, gt_void)
     out = {}
     for g in ids:
         covered: dict[int, int] = {}
@@ -72,6 +69,16 @@ def track_lifetimes(gt: np.ndarray, pred: np.ndarray, segments: Iterable[int] | 
         best = max(covered, key=lambda p: (covered[p], -p)) if covered else None
         out[g] = Lifetime(g, present, best, covered[best] / present if best is not None else 0.0, len(covered), missed)
     return out
+
+
+def _id_maps(gt, pred, source, listed: Iterable[int] | None, void: int | None):
+    """(gt, pred) as arrays of one [T, H, W] shape, and the sorted ids to follow: ``listed``, or every id of
+    ``source`` (gt or pred), without ``void``."""
+    gt, pred = np.asarray(gt), np.asarray(pred)
+    if gt.shape != pred.shape or gt.ndim != 3:
+        raise ValueError(f"gt {gt.shape} and pred {pred.shape} must both be [T, H, W]")
+    ids = np.unique(np.asarray(source)) if listed is None else listed
+    return gt, pred, sorted(int(i) for i in ids if i != void)
 
 
 def _matching_track(mask: np.ndarray, pred: np.ndarray, iou: float, void: int) -> int | None:
@@ -104,10 +111,7 @@ def identity_switches(gt: np.ndarray, pred: np.ndarray, tracks: Iterable[int] | 
     """Per predicted track id of ``pred`` [T, H, W] (all ids but ``pred_void`` unless ``tracks`` lists
     some), the number of frames where it matches a ground-truth segment of ``gt`` [T, H, W] other than the
     one it matched last. Frames where it matches nothing do not reset what it matched."""
-    gt, pred = np.asarray(gt), np.asarray(pred)
-    if gt.shape != pred.shape or gt.ndim != 3:
-        raise ValueError(f"gt {gt.shape} and pred {pred.shape} must both be [T, H, W]")
-    ids = sorted(int(p) for p in (np.unique(pred) if tracks is None else tracks) if p != pred_void)
+    gt, pred, ids = _id_maps(gt, pred, pred, tracks, pred_void)
     out = {}
     for p in ids:
         last, switches = None, 0
