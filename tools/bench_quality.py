@@ -64,21 +64,22 @@ def _prompted(video, tracks, ids, gts, first_frames):
     return davis_jf(gts, _predicted(video, tracks, ids), valid=_after_prompt(video.num_frames, first_frames))
 
 
-def _refvos_false_positives(video, tracks, n: int, only=None) -> list[tuple[float, float]]:
-    """Per expression of ``video`` (object k + 1 of ``tracks`` is thing k; ``only`` lists the things run, all by
-    default): (share of its predicted pixels outside its thing, share on the video's other things)."""
+def _refvos_false_positives(video, tracks, things) -> list[tuple[float, float]]:
+    """Per thing k of ``things`` (its expression is object k + 1 of ``tracks``): (share of the predicted pixels
+    outside the thing, share on the video's other things)."""
     from univs_engine.metrics.consistency import false_positive_share
 
-    ks = list(range(n)) if only is None else list(only)
+    ks = list(things)
     pred, valid = _predicted(video, tracks, [k + 1 for k in ks]), _after_prompt(video.num_frames, [0] * len(ks))
-    gt, things = video.masks[ks], video.masks.any(0)
-    others = np.stack([things & ~m for m in gt])
+    gt, every = video.masks[ks], video.masks.any(0)
+    others = np.stack([every & ~m for m in gt])
     return list(zip(false_positive_share(gt, pred, valid).tolist(),
                     false_positive_share(gt, pred, valid, others).tolist()))
 
 
 def _merge(results):
-    """DavisResults of single objects -> one whose per-object entries are theirs (only those are read)."""
+    """DavisResults -> one whose per-object entries are all of theirs (only those are read): its ``JF`` is J&F over
+    all objects of all videos, the DAVIS 2017 convention."""
     from dataclasses import replace
 
     cat = lambda name: np.concatenate([getattr(r, name) for r in results])  # noqa: E731
@@ -99,13 +100,6 @@ def _things_map(video) -> np.ndarray:
     for i, m in enumerate(video.masks):
         ids[m] = i + 1
     return ids
-
-
-def _davis(results) -> float:
-    """J&F over all objects of all videos (DAVIS 2017): mean J and mean F over objects, then their average."""
-    j = np.concatenate([r.J_per_object for r in results])
-    f = np.concatenate([r.F_per_object for r in results])
-    return float((np.nanmean(j) + np.nanmean(f)) / 2)
 
 
 def _stuff_settings(model, task: str, stuff_prompts: bool | None):
@@ -155,13 +149,13 @@ def _video_record(model, video, tasks, stuff_prompts) -> dict:
     if "refvos" in tasks:
         tr = track(model, video.frames, [Prompt(i + 1, 0, text=e) for i, e in enumerate(video.expressions)])
         rec["refvos"] = _prompted(video, tr, list(range(1, n + 1)), video.masks, [0] * n)
-        rec["refvos_fp"] = _refvos_false_positives(video, tr, n)
+        rec["refvos_fp"] = _refvos_false_positives(video, tr, range(n))
     if "refvos1" in tasks:  # one expression per run, as a user types one in the text -> roto template
         res, fp = [], []
         for i, e in enumerate(video.expressions):
             tr = track(model, video.frames, [Prompt(i + 1, 0, text=e)])
             res.append(_prompted(video, tr, [i + 1], video.masks[i:i + 1], [0]))
-            fp += _refvos_false_positives(video, tr, n, [i])
+            fp += _refvos_false_positives(video, tr, [i])
         rec["refvos1"], rec["refvos1_fp"] = _merge(res), fp
     if "pvos" in tasks:  # things and stuff regions, each prompted on the first frame by its mask
         segs = [s for s in video.segments if (video.panoptic[0] == s.id).any()]
@@ -209,7 +203,7 @@ def aggregate(recs: list[dict]) -> dict[str, float]:
     from univs_engine.metrics.ytvis import evaluate_ytvis
 
     thing_ids = list(range(len(THING_CLASSES)))
-    report = {f"{k.upper()} J&F": _davis([r[k] for r in recs])
+    report = {f"{k.upper()} J&F": _merge([r[k] for r in recs]).JF
               for k in ("vos", "pvos", "refvos", "refvos1") if k in recs[0]}
     for key in ("refvos", "refvos1"):
         if f"{key}_fp" in recs[0]:
