@@ -54,12 +54,11 @@ class Sites(H.HostReads):
         super().__init__()
         self.sites = collections.Counter()
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if not self.inside_copy and H._is_read(func, args, kwargs):
-            frames = [f for f in traceback.extract_stack()[:-1] if "univs_engine" in f.filename]
-            if frames:
-                self.sites[f"{frames[-1].filename.split('univs_engine/')[1]}:{frames[-1].lineno}"] += 1
-        return super().__torch_function__(func, types, args, kwargs)
+    def on_read(self, func) -> None:
+        super().on_read(func)
+        frames = [f for f in traceback.extract_stack()[:-1] if "univs_engine" in f.filename]
+        if frames:
+            self.sites[f"{frames[-1].filename.split('univs_engine/')[1]}:{frames[-1].lineno}"] += 1
 
 
 def count(model, task: str, frames: int) -> Sites:
@@ -89,6 +88,7 @@ def main() -> None:
     ap.add_argument("--sites", type=int, default=6, help="call sites listed per task")
     args = ap.parse_args()
     model = api.load_model("small")
+    H.mark_model(model)
     print(f"{'task':>12} {'reads/frame':>12}  top call sites (reads per frame)")
     for task in args.tasks.split(","):
         a, b = count(model, task, SHORT), count(model, task, LONG)
