@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..presets import CATEGORY_TASKS, TaskSettings, get_settings
+from . import core
 from .core import Cancelled, ClipFrames, fp32, to_output
 from .entity import EntityClipLoop, EntityWindow
 from .panoptic import PanopticMemory, compose_panoptic
@@ -75,10 +76,11 @@ class InstanceScores:
         self.prev: dict[int, bool] = {}
         self.quality: dict[int, float] = {}
 
-    def add(self, ids: torch.Tensor, probs: torch.Tensor, quality: torch.Tensor) -> None:
-        probs, quality = probs.float().cpu(), quality.float().cpu()
+    def add(self, ids: Sequence[int], probs: np.ndarray, quality: np.ndarray) -> None:
+        """One window's entity ids [N], class probabilities [N, K] and accumulated qualities [N] (host values)."""
+        probs, quality = torch.from_numpy(probs).float(), torch.from_numpy(quality).float()
         norm = int(quality.max()) + 1 if len(quality) else 1
-        for r, e in enumerate(ids.tolist()):
+        for r, e in enumerate(ids):
             s = probs[r]
             nb = bool(s.sum() > 0)
             w = float(nb) if e not in self.acc else float(nb) * (float(self.prev[e]) + float(nb)) / 2
@@ -135,7 +137,8 @@ class _SemanticRun(_Run):
     def positions(self, cancel) -> Iterator[int]:
         loop = SemanticClipLoop(self.model, self.s, self.g, self.vocab.embeddings)
         for k, labels in loop.run(self.frames, cancel):
-            for c in torch.unique(labels).tolist():
+            (labels,) = core.to_host(labels)
+            for c in np.unique(labels).tolist():
                 self.vocab.add_object(self.tracks, c + 1, c)
                 self.tracks.set_mask(self.frames.frame_ids[k], c + 1, labels == c)
             yield k
@@ -148,22 +151,30 @@ class _InstanceRun(_Run):
 
     def positions(self, cancel) -> Iterator[int]:
         for win in self._entity_loop().run(self.frames, cancel):
-            self.scores.add(win.ids, win.probs, win.quality)
-            ids = [e + 1 for e in win.ids.tolist()]
             window = _WindowFrames(win, self.g, average=True)
+            packed, confidence, shape = [], [], ()
             for j in range(len(window)):
                 with fp32(win.logits.device):
                     logits = window[j]
-                frame = self.frames.frame_ids[win.start + j]
                 masks = logits > 0
-                present = masks.flatten(1).any(1).tolist()
-                confidence = ((logits.sigmoid() * masks).flatten(1).sum(1) / masks.flatten(1).sum(1).clamp(min=1))
-                for r, oid in enumerate(ids):
-                    if present[r]:
-                        if oid not in self.tracks:
-                            self.tracks.add_object(oid)
-                        self.tracks.set_mask(frame, oid, masks[r], confidence=float(confidence[r]))
+                packed.append(core.pack_bits(masks))
+                shape = tuple(masks.shape)
+                confidence.append((logits.sigmoid() * masks).flatten(1).sum(1) / masks.flatten(1).sum(1).clamp(min=1))
+            probs, quality, *frames = core.to_host(win.probs, win.quality, *packed, *confidence)  # the window in one copy
+            ids = win.ids.tolist()
+            self.scores.add(ids, probs, quality)
+            F_ = len(packed)
+            for j in range(F_):
+                masks = core.unpack_bits(frames[j], shape)
+                self._write(self.frames.frame_ids[win.start + j], ids, masks, frames[F_ + j])
                 yield win.start + j
+
+    def _write(self, frame: int, ids: list[int], masks: np.ndarray, confidence: np.ndarray) -> None:
+        for r, e in enumerate(ids):
+            if masks[r].any():
+                if e + 1 not in self.tracks:
+                    self.tracks.add_object(e + 1)
+                self.tracks.set_mask(frame, e + 1, masks[r], confidence=float(confidence[r]))
 
     def finish(self) -> None:
         """Labels and scores from the whole video; entities outside the per-video top-k are removed."""
@@ -183,24 +194,21 @@ class _InstanceRun(_Run):
 class _PanopticRun(_Run):
     def __init__(self, *args):
         super().__init__(*args)
-        self.memory, self.last = PanopticMemory(), None
+        self.memory = PanopticMemory()
 
     def positions(self, cancel) -> Iterator[int]:
         for win in self._entity_loop().run(self.frames, cancel):
-            self.last = win
             with fp32(win.logits.device):
                 maps = compose_panoptic(_WindowFrames(win, self.g, average=False),
                                         win.probs, self.vocab.things, self.memory, self.s.overlap, win.ids)
             thing_entity = {v: e for e, v in self.memory.things.items()}
             stuff_class = {v: c for c, v in self.memory.stuff.items()}
-            classes = win.probs.argmax(-1).tolist()
-            row = {e: r for r, e in enumerate(win.ids.tolist())}
             for j, m in enumerate(maps):
                 for seg in torch.unique(m).tolist():
                     if seg == 0:
                         continue
                     if seg in thing_entity:
-                        self.vocab.add_object(self.tracks, seg, classes[row[thing_entity[seg]]], isthing=True)
+                        self.vocab.add_object(self.tracks, seg, self.memory.classes[thing_entity[seg]], isthing=True)
                     else:
                         self.vocab.add_object(self.tracks, seg, stuff_class[seg], isthing=False)
                     self.tracks.set_mask(self.frames.frame_ids[win.start + j], seg, m == seg)
@@ -208,13 +216,9 @@ class _PanopticRun(_Run):
 
     def finish(self) -> None:
         """Thing segments take the class their entity has at the end of the video."""
-        if self.last is None:
-            return
-        classes = self.last.probs.argmax(-1).tolist()
-        row = {e: r for r, e in enumerate(self.last.ids.tolist())}
         for e, seg in self.memory.things.items():
-            if seg in self.tracks and e in row:
-                c = classes[row[e]]
+            if seg in self.tracks and e in self.memory.classes:
+                c = self.memory.classes[e]
                 self.tracks.update_object(seg, label=self.vocab.names[c], category=c, isthing=bool(self.vocab.things[c]))
 
 

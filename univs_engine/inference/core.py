@@ -126,6 +126,20 @@ def to_host(*tensors: torch.Tensor) -> list[np.ndarray]:
     return out
 
 
+def pack_bits(masks: torch.Tensor) -> torch.Tensor:
+    """Bool masks [...] -> uint8 [ceil(numel / 8)], 8 pixels a byte (most significant first, as np.packbits), so
+    that a window of masks crosses to the host at 1/8 of its size; `unpack_bits` undoes it."""
+    flat = masks.flatten()
+    flat = F.pad(flat.to(torch.uint8), (0, -flat.numel() % 8))
+    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=masks.device)
+    return (flat.view(-1, 8) * weights).sum(1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The host side of `pack_bits`: uint8 [ceil(prod(shape) / 8)] -> bool array of `shape`."""
+    return np.unpackbits(packed, count=int(np.prod(shape))).view(np.bool_).reshape(shape)
+
+
 def mask_quality(logits: torch.Tensor) -> torch.Tensor:
     """#(logit > 1) / #(logit > -1) per target over all frames and pixels. logits [N, ...] -> [N]."""
     flat = logits.flatten(1)

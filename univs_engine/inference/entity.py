@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from ..modeling.mask_decoder import PromptQueries
@@ -39,7 +40,8 @@ from ..modeling.position_encoding import frame_phase
 from ..modeling.prompt_encoder import mask_box, sample_mask_prompts
 from ..presets import TaskSettings
 from .core import ClipGeometry, FrameFeatures, fp32, mask_quality, memory_prompts, temporal_consistency, upsample
-from .matching import bisoftmax_match, box_nms_keep, mask_nms_keep, max_overlap
+from . import core  # core.to_host: the copy point tests/test_host_syncs.py counts
+from .matching import bisoftmax_similarity, box_nms_keep, hungarian, mask_nms_keep, max_overlap, suppressed, video_box_iou
 from .memory import PromptMemory
 
 if TYPE_CHECKING:
@@ -58,7 +60,7 @@ class EntityWindow:
     logits [N, F, h4, w4]: accumulated mask logits at 1/4 of the padded size (`padded_logits` gives the
     padded resolution); occurrence [N, F]: how many predictions were added per frame; probs [N, K]: class
     probabilities (mean over the entity's clip slots, quality-weighted); quality [N]: accumulated mask
-    quality; ids [N]: entity ids (0, 1, ... in order of detection)."""
+    quality; ids [N]: entity ids (0, 1, ... in order of detection), on the host."""
 
     start: int
     ids: torch.Tensor
@@ -120,7 +122,7 @@ class EntityState:
 class _Detections:
     """Queries selected as new entities, with what the official writes for them."""
 
-    index: torch.Tensor      # [M] learnable-query indices, in the official order
+    index: torch.Tensor      # [M] learnable-query indices, in the official order (on the host after the first clip)
     probs: torch.Tensor      # [Q, K] quality-weighted class probabilities of all queries
     boxes: torch.Tensor      # [Q, T, 4] normalised boxes at 1/4 resolution
     quality: torch.Tensor    # [Q]
@@ -301,33 +303,37 @@ class EntityClipLoop:
             own_area = torch.zeros_like(pos)
             for t in range(n):
                 sig = self._up_frame(low, t)[:, :h, :w].sigmoid().flatten(1)
-                winner = (score[:, None] * sig).argmax(0)
-                winner[(sig < 0.5).all(0)] = -1
-                fg = winner >= 0
-                won += torch.bincount(winner[fg], minlength=N)
+                winner = (score[:, None] * sig).argmax(0).masked_fill((sig < 0.5).all(0), -1)
+                fg, slot = winner >= 0, winner.clamp(min=0)
+                won.scatter_add_(0, slot, fg.to(won.dtype))
                 own_area += (sig > 0.5).sum(1)
-                mine = fg & (sig.gather(0, winner.clamp(min=0)[None])[0] > 0.5)
-                over += torch.bincount(winner[mine], minlength=N)
+                mine = fg & (sig.gather(0, slot[None])[0] > 0.5)
+                over.scatter_add_(0, slot, mine.to(over.dtype))
             keep = keep & (won / own_area.clamp(min=1) > s.overlap_entity) & (over > 0)
         if not s.stuff_prompts:  # stuff entities follow their learnable-query matches only
             keep = keep & self.things.to(keep.device)[st.mean_probs().argmax(-1)]
         self._hook("tracked", call=i, similarity=sim, keep=keep, quality=q)
-        idx = torch.nonzero(keep).flatten()
-        if len(idx) == 0:
-            return
-        st.occurrence[idx, -n:] += nonblank[idx]
-        st.logits[idx, -n:] += low[idx]
+        # every entity is updated, the dropped ones by zero, so that no host read decides which
+        k = keep.to(low.dtype)
+        st.occurrence[:, -n:] += nonblank * k[:, None]
+        st.logits[:, -n:] += low * k.view(-1, 1, 1, 1)
         Hp, Wp = self.padded_size
         norm = torch.tensor([Wp, Hp, Wp, Hp], device=low.device)
         for t in range(n):
-            acc = self._up_frame(st.logits[idx, -n:], t) > 0
-            st.boxes[idx, t - n] = mask_box(acc).float() / norm
-        self._average_embds(st, idx, embds[idx].mean(1))
-        st.quality[idx] += q[idx]
+            box = mask_box(self._up_frame(st.logits[:, -n:], t) > 0).float() / norm
+            st.boxes[:, t - n] = torch.where(keep[:, None], box, st.boxes[:, t - n])
+        self._average_embds(st, keep, embds.mean(1))
+        st.quality += q * k
 
     @staticmethod
     def _average_embds(st: EntityState, rows, new):
-        """embds[:, -1] = (old + new) / (1 + [old non-blank])."""
+        """embds[rows, -1] = (old + new) / (1 + [old non-blank]). rows: indices (new [len(rows), C]) or a bool
+        mask over all entities (new [N, C]), applied without reading it."""
+        if rows.dtype == torch.bool:
+            old = st.embds[:, -1]
+            nonblank = (old != 0).any(-1, keepdim=True)
+            st.embds[:, -1] = torch.where(rows[:, None], (old + new) / (nonblank + 1.0), old)
+            return
         old = st.embds[rows, -1]
         nonblank = (old != 0).any(-1, keepdim=True)
         st.embds[rows, -1] = (old + new) / (nonblank + 1.0)
@@ -352,31 +358,33 @@ class EntityClipLoop:
         return mask_box(masks > 0).float() / torch.tensor([w4, h4, w4, h4], device=masks.device)
 
     def _detect_instances(self, st, probs, masks, embds, i, n) -> _Detections:
-        """Official detect_newly_entities_per_clip_instance."""
+        """Official detect_newly_entities_per_clip_instance. The candidates (stable, top-k by score, non-greedy
+        box NMS) and their bi-softmax similarities are computed on the device and leave it in one copy."""
         s = self.s
         q = mask_quality(masks)
         probs = probs * q[:, None]
         boxes = self._boxes(masks)
-        idx = torch.arange(probs.shape[0], device=probs.device)
-        if s.stability > 0:
-            idx = idx[q > s.stability]
-        order = probs[idx].max(-1).values.argsort(descending=True, stable=True)[:s.topk]
-        idx = idx[order]
-        if len(idx) > 1:
-            idx = idx[box_nms_keep(boxes[idx], s.box_nms)]
+        score = probs.max(-1).values
+        stable = q > s.stability if s.stability > 0 else torch.ones_like(q, dtype=torch.bool)
+        ranked = score.masked_fill(~stable, float("-inf")).argsort(descending=True, stable=True)[:s.topk]
+        iou = video_box_iou(boxes[ranked], boxes[ranked]).amax(-1) * stable[ranked][:, None]
+        chosen = torch.zeros_like(stable).scatter(0, ranked, suppressed(iou, s.box_nms) & stable[ranked])
+        bi = bisoftmax_similarity(st.embds[:, -3:], embds, s.new_object, chosen) if st is not None else None
+        ranked, chosen, score_h, *bi = core.to_host(ranked, chosen, score, *([] if bi is None else [bi]))
+        idx = ranked[chosen[ranked]]
         if st is None:  # first clip: confident queries only
-            new = idx[probs[idx].max(-1).values > max(s.class_threshold, 0.1)]
-            return _Detections(new, probs, boxes, q)
-        rows, cols, sim = bisoftmax_match(st.embds[:, -3:], embds[idx], s.new_object)
+            new = idx[score_h[idx] > max(s.class_threshold, 0.1)]
+            return _Detections(torch.from_numpy(new), probs, boxes, q)
+        rows, cols, sim = hungarian(bi[0], idx)
         m = sim > s.new_object
-        r, c = rows[m], idx[cols[m]]
+        r, c = torch.from_numpy(rows[m]), torch.from_numpy(idx[cols[m]])
         st.prob_last[r] = 0.5 * (st.prob_last[r] + probs[c])
         self._average_embds(st, r, embds[c].mean(1))
         strong = sim > 2 * s.new_object
-        r2, c2 = rows[strong], idx[cols[strong]]
+        r2, c2 = torch.from_numpy(rows[strong]), torch.from_numpy(idx[cols[strong]])
         self._add_masks(st, r2, masks[c2], q[c2], n)
-        self._hook("matched", call=i, rows=r, cols=c, strong_rows=r2, strong_cols=c2, similarity=sim)
-        new = self._unmatched(st, idx, c2, probs, masks, n, s.class_threshold)
+        self._hook("matched", call=i, rows=r, cols=c, strong_rows=r2, strong_cols=c2, similarity=torch.from_numpy(sim))
+        new = self._unmatched(st, idx, c2.numpy(), score_h, masks, n, s.class_threshold)
         return _Detections(new, probs, boxes, q)
 
     def _detect_pixels(self, st, probs, masks, embds, i, n) -> _Detections:
@@ -386,7 +394,7 @@ class EntityClipLoop:
         q = mask_quality(masks)
         probs = probs * q[:, None]
         scores, labels = probs.max(-1)
-        if st is None:
+        if st is None:  # the first clip (once per video) picks its candidates with a few host reads
             order = scores.argsort(descending=True, stable=True)[:VPS_FIRST_TOPK]
             thing = self.things.to(order.device)[labels[order]]
             th, sf = order[thing][:VPS_FIRST_THINGS], order[~thing][:VPS_FIRST_STUFF]
@@ -396,32 +404,33 @@ class EntityClipLoop:
                 sf = sf[mask_nms_keep(masks[sf, 0] > 0, VPS_STUFF_MASK_NMS)]
             new = torch.cat([th, sf])
             return _Detections(new[scores[new] > s.class_threshold], probs, boxes, q)
-        rows, cols, sim = bisoftmax_match(st.embds[:, -3:], embds, s.new_object)
+        bi, score_h = core.to_host(bisoftmax_similarity(st.embds[:, -3:], embds, s.new_object), scores)
+        rows, cols, sim = hungarian(bi)
         m = sim > s.new_object
-        r, c = rows[m], cols[m]
+        r, c = torch.from_numpy(rows[m]), torch.from_numpy(cols[m])
         self._add_masks(st, r, masks[c], q[c], n)
         st.prob_last[r] = 0.5 * (st.prob_last[r] + probs[c])
         self._average_embds(st, r, embds[c].mean(1))
-        self._hook("matched", call=i, rows=r, cols=c, strong_rows=r, strong_cols=c, similarity=sim)
-        idx = torch.arange(probs.shape[0], device=probs.device)
-        return _Detections(self._unmatched(st, idx, c, probs, masks, n, 2 * s.class_threshold), probs, boxes, q)
+        self._hook("matched", call=i, rows=r, cols=c, strong_rows=r, strong_cols=c, similarity=torch.from_numpy(sim))
+        everyone = np.arange(probs.shape[0])
+        return _Detections(self._unmatched(st, everyone, cols[m], score_h, masks, n, 2 * s.class_threshold),
+                           probs, boxes, q)
 
-    def _unmatched(self, st, idx, matched, probs, masks, n, threshold) -> torch.Tensor:
-        """Candidates (in order) that were not matched, are confident and overlap no entity much."""
-        taken = torch.zeros(probs.shape[0], dtype=torch.bool, device=probs.device)
-        taken[matched] = True
-        cand = idx[~taken[idx] & (probs[idx].max(-1).values > threshold)]
-        if len(cand) == 0:
-            return cand
-        if st.num == 0:
-            return cand if self.s.detect_after_empty_start else cand[:0]
+    def _unmatched(self, st, idx: np.ndarray, matched: np.ndarray, score: np.ndarray, masks, n, threshold
+                   ) -> torch.Tensor:
+        """Candidates (in order) that were not matched, are confident and overlap no entity much (host indices
+        and scores in; the overlaps leave the device in one copy) -> host indices."""
+        cand = idx[~np.isin(idx, matched) & (score[idx] > threshold)]
+        if len(cand) == 0 or st.num == 0:
+            return torch.from_numpy(cand if len(cand) == 0 or self.s.detect_after_empty_start else cand[:0])
         # the official compares with the accumulated padded-resolution logits resized back to 1/4
-        iou = None
+        iou, rows = None, torch.from_numpy(cand)
         for t in range(n):
             gt = upsample(self._up_frame(st.logits[:, -n:], t)[None], masks.shape[-2:])[0] > 0
-            it = max_overlap(masks[cand, t:t + 1] > 0, gt[:, None])
+            it = max_overlap(masks[rows, t:t + 1] > 0, gt[:, None])
             iou = it if iou is None else torch.maximum(iou, it)
-        return cand[iou < NEW_ENTITY_MAX_IOU]
+        (iou,) = core.to_host(iou)
+        return torch.from_numpy(cand[iou < NEW_ENTITY_MAX_IOU])
 
     def _add_entities(self, det: _Detections, masks, embds, i, n):
         """Official write_newly_entities_into_annotations_per_clip (creates the state on the first call)."""
@@ -432,7 +441,7 @@ class EntityClipLoop:
         K = det.probs.shape[1]
         if st is None:
             self.state = EntityState(
-                ids=torch.arange(M, device=dev), first=torch.full((M,), i, dtype=torch.long, device=dev),
+                ids=torch.arange(M), first=torch.full((M,), i, dtype=torch.long, device=dev),
                 logits=low.clone(), occurrence=torch.ones(M, n, device=dev), boxes=box.clone(), embds=mean_embd,
                 prob_sum=det.probs.new_zeros(M, K), prob_last=det.probs[k].clone(), quality=det.quality[k].clone(),
                 num_slots=1, end=i + n, next_id=M)
@@ -447,7 +456,7 @@ class EntityClipLoop:
         st.prob_sum = torch.cat([st.prob_sum, det.probs.new_zeros(M, K)])  # earlier slots are zeros
         st.prob_last = torch.cat([st.prob_last, det.probs[k]])
         st.quality = torch.cat([st.quality, det.quality[k]])
-        st.ids = torch.cat([st.ids, torch.arange(st.next_id, st.next_id + M, device=dev)])
+        st.ids = torch.cat([st.ids, torch.arange(st.next_id, st.next_id + M)])
         st.next_id += M
         st.first = torch.cat([st.first, torch.full((M,), i, dtype=torch.long, device=dev)])
         if st.memory is not None:  # blank prompt slots for the new entities

@@ -2,8 +2,11 @@
 mask IoU, bi-softmax similarity with Hungarian assignment, and overlap with tracked entities."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
+
+from . import core  # core.to_host: the copy point tests/test_host_syncs.py counts
 
 
 def video_box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -44,30 +47,38 @@ def mask_nms_keep(masks: torch.Tensor, threshold: float) -> torch.Tensor:
     return suppressed(mask_iou_matrix(masks, masks), threshold)
 
 
-def bisoftmax_similarity(track_embds: torch.Tensor, query_embds: torch.Tensor, threshold: float) -> torch.Tensor:
+def bisoftmax_similarity(track_embds: torch.Tensor, query_embds: torch.Tensor, threshold: float,
+                         columns: torch.Tensor | None = None) -> torch.Tensor:
     """Quasi-track similarity: track_embds [N, S, C] (raw decoder embeddings), query_embds [M, T, C] ->
     [N, M] = mean over the S*T frame pairs of (softmax over queries + softmax over tracks) / 2, with
-    values below `threshold` set to 0."""
+    values below `threshold` set to 0. columns [M] bool: the softmax over queries runs over these queries only
+    (as if the others were not given; their columns are meaningless), so a selection needs no host read."""
     N, M = track_embds.shape[0], query_embds.shape[0]
     sim = torch.einsum("ntc,mfc->nmtf", track_embds, query_embds).flatten(2)
     if N == 0 or M == 0:
         return sim.new_zeros(N, M)
-    bi = (sim.softmax(1) + sim.softmax(0)).mean(-1) / 2.0
+    over_queries = sim if columns is None else sim.masked_fill(~columns[None, :, None], float("-inf"))
+    bi = (over_queries.softmax(1) + sim.softmax(0)).mean(-1) / 2.0
     return bi.masked_fill(bi < threshold, 0.0)
 
 
-def bisoftmax_match(track_embds: torch.Tensor, query_embds: torch.Tensor, threshold: float):
-    """Hungarian assignment on 1 - bi-softmax similarity -> (track rows [P], query cols [P], sim [P]) for all
-    assigned pairs (P = min(N, M)); a pair counts as matched when sim > threshold."""
-    bi = bisoftmax_similarity(track_embds, query_embds, threshold)
-    dev = bi.device
-    if bi.numel() == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=dev)
-        return empty, empty.clone(), bi.new_zeros(0)
-    rows, cols = linear_sum_assignment((1 - bi).cpu().double().numpy())
-    rows = torch.as_tensor(rows, dtype=torch.long, device=dev)
-    cols = torch.as_tensor(cols, dtype=torch.long, device=dev)
+def hungarian(bi: np.ndarray, columns: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hungarian assignment on 1 - bi-softmax similarity, on the host: bi [N, M] (a host copy) -> (track rows [P],
+    query cols [P] (indices into `columns` when given), sim [P]) for all assigned pairs (P = min(N, len(cols)))."""
+    if columns is not None:
+        bi = bi[:, columns]
+    if bi.size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty.copy(), np.zeros(0, dtype=np.float32)
+    rows, cols = linear_sum_assignment((1 - bi).astype(np.float64))
     return rows, cols, bi[rows, cols]
+
+
+def bisoftmax_match(track_embds: torch.Tensor, query_embds: torch.Tensor, threshold: float):
+    """`bisoftmax_similarity` and `hungarian` with one copy -> host tensors (track rows [P], query cols [P],
+    sim [P]); a pair counts as matched when sim > threshold."""
+    (bi,) = core.to_host(bisoftmax_similarity(track_embds, query_embds, threshold))
+    return tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in hungarian(bi))
 
 
 def max_overlap(queries: torch.Tensor, tracks: torch.Tensor) -> torch.Tensor:

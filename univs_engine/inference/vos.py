@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..modeling.mask_decoder import PromptQueries
 from ..modeling.position_encoding import frame_phase
-from ..modeling.prompt_encoder import (PermutationDraw, PromptTokens, ShapePrompt, mask_box, sample_mask_prompts,
+from ..modeling.prompt_encoder import (Draw, PromptTokens, ShapePrompt, mask_box, sample_mask_prompts,
                                        sample_shape_prompts)
 from ..presets import TaskSettings
 from .core import ClipGeometry, FrameFeatures, chunks, mask_quality, memory_prompts, semantic_map, temporal_consistency
@@ -116,9 +116,9 @@ class PromptedClipLoop:
 
     def __init__(self, model: "UniVS", settings: TaskSettings, geometry: ClipGeometry,
                  generator: torch.Generator | None = None, class_embeddings: torch.Tensor | None = None,
-                 draw: PermutationDraw | None = None):
-        """draw: replaces ``generator`` as the prompt sampler's source of random permutations
-        (modeling.prompt_encoder.PermutationDraw), e.g. to replay recorded draws."""
+                 draw: Draw | None = None):
+        """draw: replaces ``generator`` as the prompt sampler's source of randomness
+        (modeling.prompt_encoder.PermutationDraw or DeviceDraw), e.g. to replay recorded draws."""
         self.model, self.s, self.g = model, settings, geometry
         self.generator, self.draw = generator, draw
         self.class_embeddings = class_embeddings
@@ -306,7 +306,7 @@ class PromptedClipLoop:
         st.embds[idx, -n:] = pred.embds[idx]
         m = pred.masks[idx]
         if is_text:
-            keep = torch.ones(len(idx), dtype=torch.bool)
+            keep = torch.ones(len(idx), dtype=torch.bool, device=m.device)
         else:
             gt_first = st.masks[idx, faf]
             pos = faf + n
@@ -320,12 +320,13 @@ class PromptedClipLoop:
         for k, obj in enumerate(idx.tolist()):
             start = int(faf[k]) + (0 if is_text else 1)  # the prompt frame itself keeps its given mask
             is_stuff = pred.is_stuff(obj)
-            if (not keep[k] and not is_stuff) or start == 0:
+            if start == 0:
                 continue
             if is_stuff:  # the semantic map claims the stuff class's pixels for this target
-                m[k, start:][pred.sem[start:] == pred.labels[obj]] = 10.0
-            st.logits[obj, start:] = m[k, start:]
-            st.boxes[obj, start:] = pred.boxes[obj, start:]
+                m[k, start:] = m[k, start:].masked_fill(pred.sem[start:] == pred.labels[obj], 10.0)
+            taken = keep[k] | is_stuff  # decided on the device: a target that is not kept keeps its blank state
+            st.logits[obj, start:] = torch.where(taken, m[k, start:], st.logits[obj, start:])
+            st.boxes[obj, start:] = torch.where(taken, pred.boxes[obj, start:], st.boxes[obj, start:])
 
     def _accumulate_seen(self, st: TrackState, seen, pred: ClipPredictions, n, is_text):
         """Targets seen before this clip: consistent predictions add their logits to the clip frames."""
@@ -347,8 +348,8 @@ class PromptedClipLoop:
                     m[k] = torch.where(region, m.new_tensor(10.0), m.new_tensor(-10.0))
                     prob[k] = region.to(prob.dtype)
                     original[k], weight[k] = region.sum().clamp(min=1), 1.0
-                prob[k][region] = 1.0
-                m[k][region] = 10.0
+                prob[k] = prob[k].masked_fill(region, 1.0)
+                m[k] = m[k].masked_fill(region, 10.0)
             winner = self._compete(m, prob * weight.view(-1, 1, 1, 1))
             area = winner.flatten(1).sum(1)
             winner = winner * ((area / original > 0.25) & (area > 0)).view(-1, 1, 1, 1)
@@ -362,6 +363,5 @@ class PromptedClipLoop:
     def _compete(m: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Each pixel goes to the target with the largest weight; background where every logit <= 0.
         m, weight [N, T, H, W] -> one-hot float [N, T, H, W]."""
-        winner = weight.argmax(0)
-        winner[(m <= 0).all(0)] = -1
+        winner = weight.argmax(0).masked_fill((m <= 0).all(0), -1)
         return (winner[None] == torch.arange(m.shape[0], device=m.device).view(-1, 1, 1, 1)).float()

@@ -31,8 +31,30 @@ recorded draws."""
 
 
 def randperm_draw(generator: torch.Generator | None = None) -> PermutationDraw:
-    """The default draw: ``torch.randperm(n)`` on ``generator`` (the global CPU generator when None)."""
+    """The official draw: ``torch.randperm(n)`` on ``generator`` (the global CPU generator when None)."""
     return lambda n: torch.randperm(n, generator=generator, device="cpu")
+
+
+class DeviceDraw:
+    """Draws that read nothing back from the device: the same distributions as the permutation draws (a point
+    uniform over its pool, R distinct cells uniform over the object's cells) from uniform keys, so an encoding
+    does not wait for the device to send its cell counts. Keys are drawn on ``generator`` on the CPU and moved
+    to the device, so one seed gives the same draws on every device."""
+
+    def __init__(self, generator: torch.Generator | None = None):
+        self.generator = generator
+
+    def keys(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        return torch.rand(shape, generator=self.generator).to(device)
+
+
+Draw = PermutationDraw | DeviceDraw
+
+
+def default_draw(device: torch.device, generator: torch.Generator | None = None) -> Draw:
+    """Permutation draws (the official ones) where the counts they need are already on the host -- the CPU --
+    and device draws elsewhere."""
+    return randperm_draw(generator) if torch.device(device).type == "cpu" else DeviceDraw(generator)
 
 
 UniformDraw = Callable[[tuple[int, ...]], torch.Tensor]
@@ -95,42 +117,51 @@ def central_pool(masks: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor
     return torch.where(central.any(1, keepdim=True), central, confident), coords
 
 
-def pick_points(pool: torch.Tensor, coords: torch.Tensor, counts: list[int], draw: PermutationDraw) -> torch.Tensor:
+def pick_points(pool: torch.Tensor, coords: torch.Tensor, draw: Draw, counts: list[int] | None = None
+                ) -> torch.Tensor:
     """One pool pixel per object: the first of a permutation of its pool (drawn only for non-empty pools, in
-    object order); (0.5, 0.5) for an empty pool. pool [N, M], coords [M, 2], counts: pool sizes -> [N, 2]."""
-    zero = torch.zeros(1, dtype=torch.long)
-    ranks = torch.stack([draw(n)[:1].long() if n else zero for n in counts]) if counts else zero[:0].view(0, 1)
-    idx = nth_true(pool, ranks.to(pool.device))[:, 0].clamp(max=max(pool.shape[1] - 1, 0))
-    empty = torch.tensor([n == 0 for n in counts], dtype=torch.bool).to(pool.device)
-    return torch.where(empty[:, None], torch.full_like(coords[:1], 0.5), coords[idx]) if counts \
-        else coords.new_zeros(0, 2)
+    object order), or a uniform one for a DeviceDraw; (0.5, 0.5) for an empty pool. pool [N, M], coords [M, 2],
+    counts: the pool sizes when the caller has them on the host -> [N, 2]."""
+    N, M = pool.shape
+    if isinstance(draw, DeviceDraw):
+        size = pool.sum(1)
+        rank = (draw.keys((N,), pool.device) * size).long().clamp(max=M)
+        empty = size == 0
+    else:
+        counts = pool.sum(1).tolist() if counts is None else counts
+        zero = torch.zeros(1, dtype=torch.long)
+        rank = torch.cat([draw(n)[:1].long() if n else zero for n in counts]) if N else zero[:0]
+        rank, empty = rank.to(pool.device), torch.tensor([n == 0 for n in counts], dtype=torch.bool).to(pool.device)
+    idx = nth_true(pool, rank[:, None])[:, 0].clamp(max=max(M - 1, 0))
+    return torch.where(empty[:, None], torch.full_like(coords[:1], 0.5), coords[idx]) if N else coords.new_zeros(0, 2)
 
 
 def central_points(masks: torch.Tensor, boxes: torch.Tensor, generator=None,
-                   draw: PermutationDraw | None = None) -> torch.Tensor:
+                   draw: Draw | None = None) -> torch.Tensor:
     """One random pixel per object near its box centre (|d| < box/4), inside the mask -> [N, 2] normalised.
 
     masks [N, H, W] float in [0, 1]; boxes [N, 4] normalised xyxy. Objects with no central pixel fall
     back to their most confident pixels. ``draw`` replaces ``generator`` (see PermutationDraw).
     """
     pool, coords = central_pool(masks, boxes)
-    return pick_points(pool, coords, pool.sum(1).tolist(), draw or randperm_draw(generator))
+    return pick_points(pool, coords, draw or default_draw(masks.device, generator))
 
 
 def sample_mask_prompts(feat: torch.Tensor, pos: torch.Tensor, masks: torch.Tensor, num_tokens: int,
                         frame_phase: torch.Tensor, boxes: torch.Tensor | None = None,
                         generator: torch.Generator | None = None,
-                        draw: PermutationDraw | None = None) -> PromptTokens:
+                        draw: Draw | None = None) -> PromptTokens:
     """Encode N object masks on one frame.
 
     feat/pos [C, h, w]: the frame's 1/8 decoder features (with level embedding) and their 3D encoding.
     masks [N, H, W] in [0, 1] at (up to) padded resolution, H <= 8h, W <= 8w. frame_phase: the temporal
     angle of this frame (see position_encoding.frame_phase). Cells are drawn without replacement when
     a mask covers more than `num_tokens` cells (random, so pass `generator` for reproducible runs); fewer
-    cells are tiled in row-major order. ``draw`` replaces ``generator`` (see PermutationDraw). The only
-    device-to-host copy is one of 2N counts (the sizes the permutations are drawn over).
+    cells are tiled in row-major order. ``draw`` replaces ``generator`` (see PermutationDraw and DeviceDraw).
+    With permutation draws the only device-to-host copy is one of 2N counts (the sizes the permutations are
+    drawn over); with a DeviceDraw there is none.
     """
-    draw = draw or randperm_draw(generator)
+    draw = draw or default_draw(feat.device, generator)
     C, h, w = feat.shape
     N = masks.shape[0]
     canvas = masks.new_zeros(N, h * FEATURE_STRIDE, w * FEATURE_STRIDE)
@@ -144,8 +175,10 @@ def sample_mask_prompts(feat: torch.Tensor, pos: torch.Tensor, masks: torch.Tens
     # legacy nearest sampling: the top-left pixel of each 8x8 cell
     cells = F.interpolate(canvas[:, None], size=(h, w), mode="nearest")[:, 0]
     binary = cells >= cells.max().clamp(max=0.5) if N else cells > 0
-    point_counts, cell_counts = torch.stack([pool.sum(1), binary.flatten(1).sum(1)]).tolist()
-    points = pick_points(pool, coords, point_counts, draw)
+    point_counts = cell_counts = None
+    if not isinstance(draw, DeviceDraw):  # the permutations' sizes, in one copy
+        point_counts, cell_counts = torch.stack([pool.sum(1), binary.flatten(1).sum(1)]).tolist()
+    points = pick_points(pool, coords, draw, point_counts)
     point_pe = sine_position_points(points, frame_phase.expand(N), C // 2)
     weighted = (cells * binary).flatten(1)
     mean_feat = weighted @ feat.flatten(1).t() / weighted.sum(1, keepdim=True).clamp(min=0.5)
@@ -167,22 +200,38 @@ def token_ranks(counts: list[int], num_tokens: int, draw: PermutationDraw) -> to
     return torch.stack(rows) if rows else torch.zeros(0, num_tokens, dtype=torch.long)
 
 
+def token_cells(flags: torch.Tensor, num_tokens: int, draw: Draw, counts: list[int] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cell (flat index) each of an object's R tokens takes, as `token_ranks` says, and which objects cover
+    no cell. flags [N, M] bool -> [N, R], [N] bool. A DeviceDraw takes the R cells with the largest uniform keys
+    (R distinct cells, uniform) and computes the tiling on the device."""
+    N, M = flags.shape
+    if isinstance(draw, DeviceDraw):
+        size = flags.sum(1)
+        tiled = nth_true(flags, torch.arange(num_tokens, device=flags.device) % size.clamp(min=1)[:, None])
+        if M >= num_tokens:
+            keys = draw.keys((N, M), flags.device).masked_fill(~flags, -1.0)
+            tiled = torch.where((size >= num_tokens)[:, None], keys.topk(num_tokens, 1).indices, tiled)
+        return tiled.clamp(max=max(M - 1, 0)), size == 0
+    counts = flags.sum(1).tolist() if counts is None else counts
+    ranks = token_ranks(counts, num_tokens, draw).to(flags.device)
+    empty = torch.tensor([n == 0 for n in counts], dtype=torch.bool).to(flags.device)
+    return nth_true(flags, ranks).clamp(max=max(M - 1, 0)), empty
+
+
 def dense_tokens(feat: torch.Tensor, pos: torch.Tensor, cells: torch.Tensor, fallback_feat: torch.Tensor,
-                 fallback_pe: torch.Tensor, num_tokens: int, draw: PermutationDraw,
+                 fallback_pe: torch.Tensor, num_tokens: int, draw: Draw,
                  counts: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """R tokens per object from the cells it covers (the official get_dense_features).
 
     feat/pos [C, h, w]; cells [N, h, w] bool; fallback_feat/fallback_pe [N, C] fill all R tokens of an object
     covering no cell. More than R cells: R drawn without replacement (draw(n)[:R] over the cells in row-major
-    order); fewer: the row-major cell list tiled to R. counts: the objects' cell counts when the caller has
-    them on the host already. -> tokens, pe [N, R, C].
+    order); fewer: the row-major cell list tiled to R (see `token_cells`). counts: the objects' cell counts when
+    the caller has them on the host already. -> tokens, pe [N, R, C].
     """
-    C, N = feat.shape[0], cells.shape[0]
-    flags = cells.flatten(1)
-    counts = flags.sum(1).tolist() if counts is None else counts
-    ranks = token_ranks(counts, num_tokens, draw).to(feat.device)
-    idx = nth_true(flags, ranks).clamp(max=max(flags.shape[1] - 1, 0))
-    empty = torch.tensor([n == 0 for n in counts], dtype=torch.bool).to(feat.device).view(N, 1, 1)
+    N = cells.shape[0]
+    idx, empty = token_cells(cells.flatten(1), num_tokens, draw, counts)
+    empty = empty.view(N, 1, 1)
     feat_flat, pos_flat = feat.flatten(1).t(), pos.flatten(1).t()
     tokens = torch.where(empty, fallback_feat[:, None].to(feat.dtype), feat_flat[idx])
     pe = torch.where(empty, fallback_pe[:, None].to(pos.dtype), pos_flat[idx])
@@ -212,7 +261,7 @@ def bilinear_sample(feat: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 
 def sample_box_prompts(feat: torch.Tensor, pos: torch.Tensor, boxes: torch.Tensor, num_tokens: int,
                        frame_phase: torch.Tensor, generator: torch.Generator | None = None,
-                       draw: PermutationDraw | None = None, rand: UniformDraw | None = None) -> PromptTokens:
+                       draw: Draw | None = None, rand: UniformDraw | None = None) -> PromptTokens:
     """Encode N boxes on one frame (the official get_box_prompt at inference).
 
     feat/pos [C, h, w] as for masks; boxes [N, 4] xyxy normalised by the padded input size (8w x 8h). Tokens: R
@@ -223,7 +272,7 @@ def sample_box_prompts(feat: torch.Tensor, pos: torch.Tensor, boxes: torch.Tenso
     ``generator``. The official mean feature inside the box only reaches the tokens when dense sampling is off,
     which no inference path does, so it is not computed. Boxes with zero width or height give zero tokens.
     """
-    draw = draw or randperm_draw(generator)
+    draw = draw or default_draw(feat.device, generator)
     rand = rand or uniform_draw(generator)
     C, h, w = feat.shape
     N = boxes.shape[0]
@@ -289,7 +338,7 @@ class ShapePrompt:
 
 def sample_shape_prompts(feat: torch.Tensor, pos: torch.Tensor, shapes: list[ShapePrompt], num_tokens: int,
                          frame_phase: torch.Tensor, generator: torch.Generator | None = None,
-                         draw: PermutationDraw | None = None, rand: UniformDraw | None = None) -> PromptTokens:
+                         draw: Draw | None = None, rand: UniformDraw | None = None) -> PromptTokens:
     """Encode N targets given as boxes or clicks on one frame: the boxes through `sample_box_prompts` (one call, so
     the draws come in the official order), the clicks through `sample_point_prompts`. -> PromptTokens, rows in
     the order of `shapes`."""
