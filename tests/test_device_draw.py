@@ -53,8 +53,8 @@ def test_a_seed_repeats_and_empty_pools_fall_back():
     masks = (torch.rand(3, 32, 48, generator=torch.Generator().manual_seed(4)) > 0.6).float()
     masks[1] = 0
     feat, pos = torch.randn(8, 4, 6), torch.randn(8, 4, 6)
-    runs = [sample_mask_prompts(feat, pos, masks, 5, torch.tensor(0.3), draw=DeviceDraw(torch.Generator().manual_seed(9)))
-            for _ in range(2)]
+    runs = [sample_mask_prompts(feat, pos, masks, 5, torch.tensor(0.3),
+                                draw=DeviceDraw(torch.Generator().manual_seed(9))) for _ in range(2)]
     assert torch.equal(runs[0].tokens, runs[1].tokens) and torch.equal(runs[0].points, runs[1].points)
     assert runs[0].valid.tolist() == [True, False, True] and (runs[0].tokens[1] == 0).all()
 

@@ -13,7 +13,7 @@ from univs_engine.config import get_config
 from univs_engine.inference.category import Vocabulary, run_category_task
 from univs_engine.inference.core import (Cancelled, ClipGeometry, TensorFrames, mask_quality, semantic_map,
                                          temporal_consistency)
-from univs_engine.inference.entity import EntityClipLoop
+from univs_engine.inference.entity import EntityClipLoop, EntityState
 from univs_engine.inference.matching import (bisoftmax_match, bisoftmax_similarity, box_nms_keep, mask_nms_keep,
                                              max_overlap, video_box_iou)
 from univs_engine.inference.panoptic import PanopticMemory, compose_panoptic
@@ -493,6 +493,26 @@ def test_bounded_loop_matches_literal_official(model, emb, task, class_threshold
             assert (w.padded_logits(j) - logits[:, j]).abs().max() < 1e-3
         covered += list(w.frames)
     assert covered == list(range(L))
+
+
+def test_match_continuity_keeps_a_lost_entity_off_other_objects(model, emb):
+    """With match_continuity, a matched learnable query whose masks do not overlap the entity's accumulated masks
+    adds nothing (the entity does not jump to another object); an overlapping one is added as officially (0)."""
+    n, (h4, w4) = 3, (HW[0] // 4, HW[1] // 4)
+    low = torch.full((2, n, h4, w4), -5.0)
+    low[0, :, :4, :4] = 3.0    # where the entity is: it continues
+    low[1, :, -4:, -4:] = 3.0  # another object
+    for c, added in ((0.0, [True, True]), (0.1, [True, False])):
+        logits = torch.full((2, n, h4, w4), -5.0)
+        logits[:, :2, :4, :4] = 5.0  # both entities seen top-left on the clip's first two frames
+        st = EntityState(ids=torch.arange(2), first=torch.zeros(2, dtype=torch.long), logits=logits,
+                         occurrence=torch.ones(2, n), boxes=torch.zeros(2, n, 4), embds=torch.zeros(2, 1, 8),
+                         prob_sum=torch.zeros(2, K), prob_last=torch.zeros(2, K), quality=torch.zeros(2))
+        before = st.logits.clone()
+        loop = EntityClipLoop(model, "instance", settings("instance", match_continuity=c), geometry(n), emb)
+        loop._add_masks(st, torch.arange(2), low, torch.ones(2), n)
+        assert [not torch.equal(st.logits[r], before[r]) for r in range(2)] == added
+        assert st.quality.tolist() == [1.0, float(added[1])] and st.occurrence[1, -1].item() == 1 + added[1]
 
 
 @torch.no_grad()

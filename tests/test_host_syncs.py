@@ -102,9 +102,8 @@ class HostReads(TorchFunctionMode):
         return out
 
 
-@pytest.fixture
-def counted(monkeypatch):
-    mode = HostReads()
+def count_copies(mode: HostReads, patch) -> HostReads:
+    """Make each core.to_host call count as one read of `mode` (reads inside it are the copy itself)."""
     to_host = core.to_host
 
     def copy(*tensors):
@@ -115,8 +114,13 @@ def counted(monkeypatch):
         finally:
             mode.inside_copy = False
 
-    monkeypatch.setattr(core, "to_host", copy)
+    patch.setattr(core, "to_host", copy)
     return mode
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    return count_copies(HostReads(), monkeypatch)
 
 
 DEV = torch.device("cpu")  # inside the mode, a torch.device marks what is created with it (see _device_target)
@@ -148,7 +152,6 @@ def test_the_counter_sees_reads_of_device_values_and_copies(counted):
     assert sum(counted.counts.values()) == 12
 
 
-
 @pytest.fixture(scope="module")
 def model():
     m = api.load_model("small")
@@ -173,17 +176,20 @@ def test_memory_pool_is_read_and_written_without_host_reads(counted):
     assert tokens.shape == (N, 3 * R, C) and mem.start > 0  # slots were dropped: the saved first slots were read
 
 
-def test_mask_prompt_encoding_reads_the_host_once(counted):
-    """One copy of the cell / point counts (the sizes the official CPU permutations are drawn over), whatever N."""
-    from univs_engine.modeling.prompt_encoder import sample_mask_prompts
+def test_mask_prompt_encoding_reads_the_host_once_or_never(counted):
+    """Permutation draws: one copy of the cell / point counts (the sizes they are drawn over), whatever N; device
+    draws: none."""
+    from univs_engine.modeling.prompt_encoder import DeviceDraw, sample_mask_prompts
 
     g = torch.Generator().manual_seed(0)
     masks = (torch.rand(4, 64, 96, generator=g) > 0.7).float()
     masks[2] = 0  # an empty target: its tokens fall back, no draw
     feat, pos, masks, phase = map(on_device, (torch.randn(16, 8, 12), torch.randn(16, 8, 12), masks, torch.tensor(0.1)))
     with counted:
-        out = sample_mask_prompts(feat, pos, masks, 6, phase,
-                                  generator=torch.Generator().manual_seed(1))
+        out = sample_mask_prompts(feat, pos, masks, 6, phase, generator=torch.Generator().manual_seed(1))
+    assert dict(counted.counts) == {"tolist": 1} and out.tokens.shape == (4, 6, 16)
+    with counted:
+        out = sample_mask_prompts(feat, pos, masks, 6, phase, draw=DeviceDraw(torch.Generator().manual_seed(1)))
     assert dict(counted.counts) == {"tolist": 1} and out.tokens.shape == (4, 6, 16)
 
 
@@ -216,23 +222,14 @@ def device_draws(monkeypatch) -> None:
     """Prompt cells drawn as on a GPU (the CPU's permutation draws read two counts per encoding: free there)."""
     from univs_engine.modeling import prompt_encoder
 
-    monkeypatch.setattr(prompt_encoder, "default_draw", lambda device, generator=None: prompt_encoder.DeviceDraw(generator))
+    monkeypatch.setattr(prompt_encoder, "default_draw",
+                        lambda device, generator=None: prompt_encoder.DeviceDraw(generator))
 
 
 def run_counted(mode: HostReads, model, task: str, frames: int, monkeypatch) -> HostReads:
     """Run `task` on `frames` frames under `mode`, counting core.to_host calls as one read each."""
-    to_host = core.to_host
-
-    def copy(*tensors):
-        mode.counts["to_host"] += 1
-        mode.inside_copy = True
-        try:
-            return to_host(*tensors)
-        finally:
-            mode.inside_copy = False
-
-    with monkeypatch.context() as m:
-        m.setattr(core, "to_host", copy)
+    with monkeypatch.context() as patch:
+        count_copies(mode, patch)
         with mode:
             TASKS[task](model, clip(frames))
     return mode

@@ -42,6 +42,10 @@ class TaskSettings:
     topk: int = 35                 # DETECTIONS_PER_IMAGE (per clip and per video)
     frames_window: int = 5         # NUM_FRAMES_WINDOW (sets the output window)
     detect_interval: int = 1       # DETECT_NEWLY_INTERVAL_FRAMES
+    # > 0: a learnable query matched to a tracked entity adds its masks only when they overlap the entity's
+    # accumulated masks on the clip's frames (IoU above this), so an entity that lost its object does not take
+    # over another object's mask. 0 = official.
+    match_continuity: float = 0.0
     output_window: int | None = None  # frames per output window; None = the official formula
     # The official later-clip detection never adds an entity while none is tracked (its overlap test sees an
     # empty tensor), so a video whose first clip finds nothing stays empty. True lifts that.
@@ -104,6 +108,11 @@ SWIN_OVERRIDES = {  # Swin stage-3 scripts: memory 6 and top-k 50 for most tasks
 SMALL = {task: replace(p, clip_len=3, min_size=256, max_size=640, prompt_tokens=64) for task, p in R50.items()}
 SMALL["vis"] = replace(SMALL["vis"], class_threshold=0.05)
 SMALL["vis_ovis"] = replace(SMALL["vis_ovis"], class_threshold=0.05)
+# A VIS entity that lost its object used to be re-attached by a strong learnable-query match to another object
+# (an identity switch). Matches that do not overlap the entity's masks are left out (64 videos x 12 frames, 0 ->
+# 0.1: ID switches per video val 0.609 -> 0.484, test 0.656 -> 0.609; mAP val 0.345 -> 0.352, test 0.306 -> 0.309;
+# VPS was unchanged within one switch, so its preset keeps the official rule).
+SMALL["vis"] = replace(SMALL["vis"], match_continuity=0.1)
 # Its prompt queries were trained on things only and predict nothing for stuff (mask quality 0.00, mean logit
 # about -17, on the later clips of assets/sample.mp4, while the same entities' embeddings stay consistent): the
 # official rule adds those empty masks to every stuff entity / target, and VPS lost the sky after frame 1 (45 %

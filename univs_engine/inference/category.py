@@ -160,7 +160,8 @@ class _InstanceRun(_Run):
                 packed.append(core.pack_bits(masks))
                 shape = tuple(masks.shape)
                 confidence.append((logits.sigmoid() * masks).flatten(1).sum(1) / masks.flatten(1).sum(1).clamp(min=1))
-            probs, quality, *frames = core.to_host(win.probs, win.quality, *packed, *confidence)  # the window in one copy
+            # the window leaves the device in one copy
+            probs, quality, *frames = core.to_host(win.probs, win.quality, *packed, *confidence)
             ids = win.ids.tolist()
             self.scores.add(ids, probs, quality)
             F_ = len(packed)

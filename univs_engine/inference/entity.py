@@ -26,6 +26,9 @@ current clip's features, blank first-appearance slots of later entities):
 * `stuff_prompts` (default True, official): False leaves stuff entities' prompt predictions out of their
   update, so that their learnable-query matches carry them (for a model whose prompt queries cannot
   segment stuff: the small model's presets).
+* `match_continuity` (default 0, official): above 0, a learnable query matched to a tracked entity adds its
+  masks only where they overlap the entity's accumulated masks (IoU above the value), so an entity that lost
+  its object does not take over another one (the small model's VIS preset).
 """
 from __future__ import annotations
 
@@ -41,7 +44,8 @@ from ..modeling.prompt_encoder import mask_box, sample_mask_prompts
 from ..presets import TaskSettings
 from .core import ClipGeometry, FrameFeatures, fp32, mask_quality, memory_prompts, temporal_consistency, upsample
 from . import core  # core.to_host: the copy point tests/test_host_syncs.py counts
-from .matching import bisoftmax_similarity, box_nms_keep, hungarian, mask_nms_keep, max_overlap, suppressed, video_box_iou
+from .matching import (bisoftmax_similarity, box_nms_keep, hungarian, mask_nms_keep, max_overlap, suppressed,
+                       video_box_iou)
 from .memory import PromptMemory
 
 if TYPE_CHECKING:
@@ -339,9 +343,15 @@ class EntityClipLoop:
         st.embds[rows, -1] = (old + new) / (nonblank + 1.0)
 
     def _add_masks(self, st: EntityState, rows, low, q, n):
-        """Matched learnable-query masks join the entities' accumulated logits."""
+        """Matched learnable-query masks join the entities' accumulated logits (with `match_continuity`, only
+        those overlapping what the entity has: decided on the device, a rejected match adds zeros)."""
         if len(rows) == 0:
             return
+        if self.s.match_continuity > 0:
+            a, b = low > 0, st.logits[rows, -n:] > 0
+            inter, union = (a & b).flatten(1).sum(1), (a | b).flatten(1).sum(1)
+            ok = (inter > self.s.match_continuity * union).to(low.dtype)
+            low, q = low * ok.view(-1, 1, 1, 1), q * ok
         for t in range(n):
             st.occurrence[rows, t - n] += (self._up_frame(low, t).flatten(1) > 0).any(1).float()
         st.logits[rows, -n:] += low

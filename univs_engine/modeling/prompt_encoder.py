@@ -125,7 +125,8 @@ def pick_points(pool: torch.Tensor, coords: torch.Tensor, draw: Draw, counts: li
     N, M = pool.shape
     if isinstance(draw, DeviceDraw):
         size = pool.sum(1)
-        rank = (draw.keys((N,), pool.device) * size).long().clamp(max=M)
+        # floor(u * size) can round up to size for u just below 1 and a large pool
+        rank = torch.minimum((draw.keys((N,), pool.device) * size).long(), (size - 1).clamp(min=0))
         empty = size == 0
     else:
         counts = pool.sum(1).tolist() if counts is None else counts
@@ -134,17 +135,6 @@ def pick_points(pool: torch.Tensor, coords: torch.Tensor, draw: Draw, counts: li
         rank, empty = rank.to(pool.device), torch.tensor([n == 0 for n in counts], dtype=torch.bool).to(pool.device)
     idx = nth_true(pool, rank[:, None])[:, 0].clamp(max=max(M - 1, 0))
     return torch.where(empty[:, None], torch.full_like(coords[:1], 0.5), coords[idx]) if N else coords.new_zeros(0, 2)
-
-
-def central_points(masks: torch.Tensor, boxes: torch.Tensor, generator=None,
-                   draw: Draw | None = None) -> torch.Tensor:
-    """One random pixel per object near its box centre (|d| < box/4), inside the mask -> [N, 2] normalised.
-
-    masks [N, H, W] float in [0, 1]; boxes [N, 4] normalised xyxy. Objects with no central pixel fall
-    back to their most confident pixels. ``draw`` replaces ``generator`` (see PermutationDraw).
-    """
-    pool, coords = central_pool(masks, boxes)
-    return pick_points(pool, coords, draw or default_draw(masks.device, generator))
 
 
 def sample_mask_prompts(feat: torch.Tensor, pos: torch.Tensor, masks: torch.Tensor, num_tokens: int,
